@@ -1,0 +1,145 @@
+"""The `relay` command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import smtplib
+import sys
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .config import Settings, load_settings
+from .errors import ConfigError, ProviderError, RelayError
+from .logs import configure_logging
+
+app = typer.Typer(help="Relay: an SMTP relay that delivers through several provider workspaces.",
+                  no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar="RELAY_CONFIG", help="JSON config file", exists=False)
+]
+
+
+def _load(path: Path | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        where = f" in {path}" if path else ""
+        typer.echo(f"invalid configuration{where}:", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _run(coroutine_factory: object) -> None:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coroutine_factory)  # type: ignore[arg-type]
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run SMTP, the HTTP API and the delivery workers in one process."""
+    settings = _load(config)
+    configure_logging(settings.log_level, settings.log_format)
+    from .runtime import Relay
+
+    async def main() -> None:
+        relay = Relay(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await relay.start()
+        except (OSError, RelayError) as exc:
+            typer.echo(f"relay: cannot start: {exc}", err=True)
+            await relay.stop()
+            raise typer.Exit(1) from None
+        await stop.wait()
+        await relay.stop()
+
+    try:
+        _run(main())
+    except ProviderError as exc:
+        typer.echo(f"relay: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="JSON config file")]) -> None:
+    """Validate a config file; print one line per problem with its JSON path."""
+    settings = _load(file)
+    typer.echo(f"{file}: ok ({len(settings.workspaces)} workspaces, {len(settings.load_balancing_pools)} pools)")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply database migrations up to the latest version."""
+    settings = _load(config)
+    from .store import Database
+
+    async def main() -> None:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade()
+        finally:
+            await db.dispose()
+
+    _run(main())
+    typer.echo(f"database upgraded ({Database(settings.database_url).dialect})")
+
+
+@app.command()
+def send(
+    mail_from: Annotated[str, typer.Option("--from", help="sender address")],
+    to: Annotated[list[str], typer.Option("--to", help="recipient (repeat for several)")],
+    subject: Annotated[str, typer.Option(help="subject line")] = "Relay test message",
+    body: Annotated[str, typer.Option(help="text body")] = "This is a test message sent by `relay send`.\n",
+    server: Annotated[str | None, typer.Option(help="host:port (default: the config's smtp listener)")] = None,
+    username: Annotated[str | None, typer.Option(help="SMTP AUTH user")] = None,
+    password: Annotated[str | None, typer.Option(envvar="RELAY_SEND_PASSWORD", help="SMTP AUTH password")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send a test message through a running Relay over SMTP."""
+    settings = _load(config)
+    host, port = settings.smtp.host, settings.smtp.port
+    if server:
+        host, _, port_text = server.rpartition(":")
+        port = int(port_text)
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = mail_from, ", ".join(to), subject
+    message["Message-ID"] = make_msgid(domain=mail_from.rpartition("@")[2] or None)
+    message.set_content(body)
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as client:
+            client.ehlo()
+            if username and password:
+                client.login(username, password)
+            client.send_message(message, from_addr=mail_from, to_addrs=to)
+            code, reply = client.noop()
+    except smtplib.SMTPResponseException as exc:
+        typer.echo(f"refused: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", err=True)
+        raise typer.Exit(1) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        typer.echo(f"cannot send through {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"sent {message['Message-ID']} to {', '.join(to)} through {host}:{port}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

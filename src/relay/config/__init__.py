@@ -1,0 +1,57 @@
+"""Configuration: pydantic models for the config file, `RELAY_*` overrides, validation with JSON paths."""
+
+from .domains import normalize_domain, normalize_pattern
+from .loader import json_path, load_settings
+from .models import (
+    ApiKey,
+    DeliverySettings,
+    HttpSettings,
+    Pool,
+    PoolMember,
+    RateLimits,
+    RetryPolicySettings,
+    SmtpSettings,
+    SmtpUser,
+    Strategy,
+    Webhook,
+    Workspace,
+    WorkspaceLoadBalancing,
+)
+from .providers import (
+    PROVIDER_KINDS,
+    GmailSettings,
+    MailgunSettings,
+    MandrillSettings,
+    ProviderSettings,
+    SandboxSettings,
+    UpstreamSmtpSettings,
+)
+from .settings import Settings
+
+__all__ = [
+    "PROVIDER_KINDS",
+    "ApiKey",
+    "DeliverySettings",
+    "GmailSettings",
+    "HttpSettings",
+    "MailgunSettings",
+    "MandrillSettings",
+    "Pool",
+    "PoolMember",
+    "ProviderSettings",
+    "RateLimits",
+    "RetryPolicySettings",
+    "SandboxSettings",
+    "Settings",
+    "SmtpSettings",
+    "SmtpUser",
+    "Strategy",
+    "UpstreamSmtpSettings",
+    "Webhook",
+    "Workspace",
+    "WorkspaceLoadBalancing",
+    "json_path",
+    "load_settings",
+    "normalize_domain",
+    "normalize_pattern",
+]

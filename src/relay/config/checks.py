@@ -1,0 +1,70 @@
+"""Rules across objects of a structurally valid configuration; each problem names its JSON path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..errors import Problem
+from .settings import Settings
+
+__all__ = ["cross_checks"]
+
+
+def cross_checks(settings: Settings) -> list[Problem]:
+    return [*_workspace_problems(settings), *_pool_problems(settings), *_smtp_problems(settings)]
+
+
+def _workspace_problems(settings: Settings) -> Iterator[Problem]:
+    seen_ids: set[str] = set()
+    domain_owner: dict[str, str] = {}
+    pool_ids = {p.id for p in settings.load_balancing_pools}
+    for i, workspace in enumerate(settings.workspaces):
+        where = f"workspaces[{i}]"
+        if workspace.id in seen_ids:
+            yield Problem(f"{where}.id", f'duplicate workspace id "{workspace.id}"')
+        seen_ids.add(workspace.id)
+        for j, domain in enumerate(workspace.domains):
+            owner = domain_owner.setdefault(domain, workspace.id)
+            if owner != workspace.id:
+                yield Problem(f"{where}.domains[{j}]", f'domain "{domain}" is already served by workspace "{owner}"')
+        for j, pool_id in enumerate(workspace.load_balancing.pools):
+            if pool_id not in pool_ids:
+                yield Problem(f"{where}.load_balancing.pools[{j}]", f'unknown pool "{pool_id}"')
+    if settings.fallback_workspace is not None and settings.fallback_workspace not in seen_ids:
+        yield Problem("fallback_workspace", f'unknown workspace "{settings.fallback_workspace}"')
+
+
+def _pool_problems(settings: Settings) -> Iterator[Problem]:
+    workspace_ids = {w.id for w in settings.workspaces}
+    seen: set[str] = set()
+    pattern_owner: dict[str, str] = {}
+    for i, pool in enumerate(settings.load_balancing_pools):
+        where = f"load_balancing_pools[{i}]"
+        if pool.id in seen:
+            yield Problem(f"{where}.id", f'duplicate pool id "{pool.id}"')
+        seen.add(pool.id)
+        for j, pattern in enumerate(pool.domain_patterns):
+            owner = pattern_owner.setdefault(pattern, pool.id)
+            if owner != pool.id:
+                yield Problem(f"{where}.domain_patterns[{j}]", f'pattern "{pattern}" is already used by pool "{owner}"')
+        members: set[str] = set()
+        for j, member in enumerate(pool.workspaces):
+            if member.workspace_id not in workspace_ids:
+                yield Problem(f"{where}.workspaces[{j}].workspace_id", f'unknown workspace "{member.workspace_id}"')
+            if member.workspace_id in members:
+                yield Problem(f"{where}.workspaces[{j}].workspace_id",
+                              f'workspace "{member.workspace_id}" is listed twice')
+            members.add(member.workspace_id)
+
+
+def _smtp_problems(settings: Settings) -> Iterator[Problem]:
+    smtp = settings.smtp
+    names: set[str] = set()
+    for i, user in enumerate(smtp.users):
+        if user.username in names:
+            yield Problem(f"smtp.users[{i}].username", f'duplicate user "{user.username}"')
+        names.add(user.username)
+    for field in ("tls_cert", "tls_key"):
+        path = getattr(smtp, field)
+        if path is not None and not path.is_file():
+            yield Problem(f"smtp.{field}", f'file "{path}" does not exist')

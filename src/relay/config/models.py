@@ -1,0 +1,209 @@
+"""The configuration file's shape (DESIGN.md "Configuration file"), validated with pydantic.
+
+Only structure and single-field rules live here; rules that relate objects to each other
+(unknown workspace in a pool, a domain served twice) are in `checks.py`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+
+from .domains import normalize_domain, normalize_pattern
+from .providers import (
+    GmailSettings,
+    MailgunSettings,
+    MandrillSettings,
+    ProviderSettings,
+    SandboxSettings,
+    UpstreamSmtpSettings,
+)
+from .secrets import Secret
+
+__all__ = [
+    "ApiKey",
+    "DeliverySettings",
+    "HttpSettings",
+    "PoolMember",
+    "Pool",
+    "RateLimits",
+    "RetryPolicySettings",
+    "SmtpSettings",
+    "SmtpUser",
+    "Webhook",
+    "Workspace",
+    "WorkspaceLoadBalancing",
+    "Strategy",
+]
+
+Identifier = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Domain = Annotated[str, AfterValidator(normalize_domain)]
+DomainPattern = Annotated[str, AfterValidator(normalize_pattern)]
+Strategy = Literal["capacity_weighted", "round_robin", "least_used", "random_weighted"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f'"{value}" is not an IP network (e.g. "127.0.0.0/8")') from exc
+
+
+class SmtpUser(_Model):
+    username: str = Field(min_length=1)
+    password: Secret
+
+
+class SmtpSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    hostname: str = Field(default_factory=socket.getfqdn)
+    max_message_size: int = Field(default=26_214_400, ge=1024)
+    max_recipients: int = Field(default=100, ge=1, le=10_000)
+    users: list[SmtpUser] = []
+    allowed_networks: list[Annotated[str, AfterValidator(_network)]] = ["127.0.0.0/8", "::1/128"]
+    auth_require_tls: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class ApiKey(_Model):
+    name: str = Field(min_length=1)
+    key: Secret
+    role: Literal["admin", "operator", "viewer"] = "viewer"
+
+
+class HttpSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: list[ApiKey] = []
+
+
+class WorkspaceLoadBalancing(_Model):
+    enabled: bool = False
+    pools: list[Identifier] = []
+    default_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    min_capacity_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
+    priority: int = Field(default=0, ge=0)
+
+
+class RateLimits(_Model):
+    workspace_daily: int | None = Field(default=None, ge=0)
+    per_user_daily: int | None = Field(default=None, ge=0)
+    custom_user_limits: dict[str, Annotated[int, Field(ge=0)]] = {}
+
+    @field_validator("custom_user_limits")
+    @classmethod
+    def _lower_emails(cls, value: dict[str, int]) -> dict[str, int]:
+        return {email.strip().lower(): limit for email, limit in value.items()}
+
+
+_LATER_PROVIDERS = ("sendgrid", "ses", "postmark")
+
+
+class Workspace(_Model):
+    id: Identifier
+    domains: list[DomainPattern] = []
+    domain: DomainPattern | None = None  # legacy single-domain form of the previous relay
+    display_name: str | None = None
+    load_balancing: WorkspaceLoadBalancing = WorkspaceLoadBalancing()
+    rate_limits: RateLimits = RateLimits()
+    gmail: GmailSettings | None = None
+    mailgun: MailgunSettings | None = None
+    mandrill: MandrillSettings | None = None
+    smtp: UpstreamSmtpSettings | None = None
+    sandbox: SandboxSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_providers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for kind in _LATER_PROVIDERS:
+                if kind in data:
+                    raise ValueError(f'provider kind "{kind}" is not supported yet (use gmail, mailgun, '
+                                     "mandrill, smtp or sandbox)")
+        return data
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> Workspace:
+        sections = [s for s in (self.gmail, self.mailgun, self.mandrill, self.smtp, self.sandbox) if s]
+        if len(sections) != 1:
+            raise ValueError("a workspace needs exactly one provider section: gmail, mailgun, mandrill, smtp "
+                             f"or sandbox (found {len(sections)})")
+        return self
+
+    @property
+    def provider(self) -> ProviderSettings:
+        for section in (self.gmail, self.mailgun, self.mandrill, self.smtp, self.sandbox):
+            if section is not None:
+                return section
+        raise AssertionError("validated to have one provider section")
+
+    @property
+    def all_domains(self) -> list[str]:
+        extra = [self.domain] if self.domain and self.domain not in self.domains else []
+        return [*self.domains, *extra]
+
+
+class PoolMember(_Model):
+    workspace_id: Identifier
+    weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    enabled: bool = True
+
+
+class Pool(_Model):
+    id: Identifier
+    name: str = Field(min_length=1, max_length=255)
+    domain_patterns: list[DomainPattern] = Field(min_length=1)
+    strategy: Strategy = "capacity_weighted"
+    enabled: bool = True
+    workspaces: list[PoolMember] = []
+
+
+class Webhook(_Model):
+    url: HttpUrl
+    secret: Secret | None = None
+    events: list[str] = ["*"]
+    enabled: bool = True
+
+
+class RetryPolicySettings(_Model):
+    base_seconds: float = Field(default=30.0, gt=0)
+    factor: float = Field(default=2.0, ge=1.0)
+    max_seconds: float = Field(default=1800.0, gt=0)
+    max_attempts: int = Field(default=15, ge=1)
+    max_age_seconds: float = Field(default=172_800.0, gt=0)
+    quota_retry_seconds: float = Field(default=300.0, gt=0)
+    auth_recheck_seconds: float = Field(default=300.0, gt=0)
+
+
+class DeliverySettings(_Model):
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    send_timeout_seconds: float = Field(default=120.0, gt=0)
+    retry: RetryPolicySettings = RetryPolicySettings()
+
+    @model_validator(mode="after")
+    def _lease_outlives_send(self) -> DeliverySettings:
+        if self.lease_seconds <= self.send_timeout_seconds:
+            raise ValueError("lease_seconds must be longer than send_timeout_seconds, or a slow send could be "
+                             "claimed and sent again by another worker")
+        return self
+
+

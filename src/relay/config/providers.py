@@ -1,0 +1,134 @@
+"""Provider sections of a workspace, one model per provider kind (the section's key in the config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from .secrets import Secret
+
+__all__ = [
+    "PROVIDER_KINDS",
+    "GmailSettings",
+    "HeaderRewrite",
+    "HeaderRewriteRule",
+    "MailgunSettings",
+    "MailgunTracking",
+    "MandrillSettings",
+    "MandrillTracking",
+    "ProviderSettings",
+    "SandboxSettings",
+    "UpstreamSmtpSettings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HeaderRewriteRule(_Section):
+    header_name: str = Field(min_length=1)
+    new_value: str = ""  # empty removes the header, as in the previous relay
+
+
+class HeaderRewrite(_Section):
+    enabled: bool = False
+    rules: list[HeaderRewriteRule] = []
+
+
+class _ProviderSection(_Section):
+    enabled: bool = True
+    enable_webhooks: bool = False
+    header_rewrite: HeaderRewrite = HeaderRewrite()
+
+
+class GmailSettings(_ProviderSection):
+    kind: Literal["gmail"] = "gmail"
+    service_account_file: Path | None = None
+    service_account_env: str | None = None
+    service_account_json: Secret | None = None
+    default_sender: str | None = None
+    require_valid_sender: bool = False
+    base_url: HttpUrl = HttpUrl("https://gmail.googleapis.com")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> GmailSettings:
+        given = [
+            self.service_account_file is not None,
+            self.service_account_env is not None,
+            self.service_account_json is not None,
+        ]
+        if sum(given) != 1:
+            raise ValueError(
+                "give exactly one of service_account_file, service_account_env, service_account_json"
+            )
+        return self
+
+
+class MailgunTracking(_Section):
+    opens: bool = False
+    clicks: bool = False
+    unsubscribe: bool = False
+
+
+class MailgunSettings(_ProviderSection):
+    kind: Literal["mailgun"] = "mailgun"
+    api_key: Secret
+    domain: str | None = None  # default: the workspace's first domain
+    region: Literal["us", "eu"] = "us"
+    base_url: HttpUrl | None = None  # default: by region
+    tracking: MailgunTracking = MailgunTracking()
+    default_tags: list[str] = []
+
+
+class MandrillTracking(_Section):
+    opens: bool = False
+    clicks: bool = False
+    auto_text: bool = False
+    auto_html: bool = False
+    inline_css: bool = False
+    url_strip_qs: bool = False
+
+
+class MandrillSettings(_ProviderSection):
+    kind: Literal["mandrill"] = "mandrill"
+    api_key: Secret
+    base_url: HttpUrl = HttpUrl("https://mandrillapp.com/api/1.0")
+    subaccount: str | None = None
+    tracking: MandrillTracking = MandrillTracking()
+    default_tags: list[str] = []
+
+
+class UpstreamSmtpSettings(_ProviderSection):
+    kind: Literal["smtp"] = "smtp"
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: Secret | None = None
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    max_connections: int = Field(default=4, ge=1, le=100)
+    helo_name: str | None = None
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> UpstreamSmtpSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class SandboxSettings(_ProviderSection):
+    kind: Literal["sandbox"] = "sandbox"
+    outbox_dir: Path = Path("var/outbox")
+    latency_ms: int = Field(default=0, ge=0)
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    fail_with: Annotated[str, Field(pattern=r"^[245]\d\d( .*)?$")] = "503"
+
+
+ProviderSettings = GmailSettings | MailgunSettings | MandrillSettings | UpstreamSmtpSettings | SandboxSettings
+
+PROVIDER_KINDS: tuple[str, ...] = ("gmail", "mailgun", "mandrill", "smtp", "sandbox")

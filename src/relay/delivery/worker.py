@@ -1,0 +1,241 @@
+"""The delivery loop: claim due messages, route, send through the workspace's provider, record, retry.
+
+Mechanism only: which workspace serves a sender is `routing/`'s answer, what an answer means is the
+provider's `Outcome`, and when to try again is `RetryPolicy`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import structlog
+
+from ..clock import Clock, SystemClock
+from ..mime import PRIVATE_HEADERS, remove_fields
+from ..providers import OutboundMessage, Outcome, Provider
+from ..routing import Router
+from ..store import (
+    AttemptRecord,
+    Deferred,
+    Failed,
+    MessageQueue,
+    QueuedMessage,
+    Sent,
+    Transition,
+    WorkspaceState,
+    WorkspaceStates,
+)
+from .backoff import RetryPolicy
+
+__all__ = ["DeliveryWorker"]
+
+log = structlog.get_logger(__name__)
+
+_STATE_REFRESH_SECONDS = 1.0
+
+
+class DeliveryWorker:
+    """Runs up to `concurrency` sends at once in one process. `run_once()`/`drain()` exist for tests."""
+
+    def __init__(
+        self,
+        *,
+        queue: MessageQueue,
+        states: WorkspaceStates,
+        router: Router,
+        providers: Mapping[str, Provider],
+        policy: RetryPolicy,
+        owner: str,
+        concurrency: int = 64,
+        lease_seconds: float = 300.0,
+        poll_interval: float = 1.0,
+        send_timeout: float = 120.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._queue = queue
+        self._states = states
+        self._router = router
+        self._providers = providers
+        self._policy = policy
+        self._owner = owner
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self._send_timeout = send_timeout
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._workspace_states: dict[str, WorkspaceState] = {}
+        self._states_read_at = float("-inf")
+
+    def notify(self) -> None:
+        """New mail was committed: look for work now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled; on cancellation, in-flight sends are cancelled and their leases expire."""
+        try:
+            while True:
+                self._wakeup.clear()
+                free = self._concurrency - len(self._inflight)
+                claimed = await self._claim_and_start(free) if free > 0 else 0
+                if free > 0 and claimed == free:
+                    continue
+                timeout = self._poll_interval if free > claimed else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wakeup.wait()
+        finally:
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def run_once(self) -> int:
+        """Claim one batch of due messages, deliver them all, and return how many there were."""
+        claimed = await self._claim_and_start(self._concurrency)
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        return claimed
+
+    async def drain(self, max_rounds: int = 10_000) -> int:
+        """Deliver until nothing is due right now; returns the number of deliveries attempted."""
+        total = 0
+        for _ in range(max_rounds):
+            count = await self.run_once()
+            if count == 0:
+                return total
+            total += count
+        return total
+
+    async def _claim_and_start(self, limit: int) -> int:
+        try:
+            await self._refresh_states()
+            batch = await self._queue.claim(owner=self._owner, limit=limit, lease_seconds=self._lease_seconds)
+        except Exception as exc:  # database down: keep the loop alive, try again at the next poll
+            log.error("delivery.claim_failed", error=f"{type(exc).__name__}: {exc}")
+            return 0
+        for message in batch:
+            task = asyncio.create_task(self._deliver_safely(message), name=f"deliver-{message.id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
+        return len(batch)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wakeup.set()
+
+    async def _refresh_states(self) -> None:
+        now = self._clock.monotonic()
+        if now - self._states_read_at >= _STATE_REFRESH_SECONDS:
+            self._workspace_states = await self._states.all()
+            self._states_read_at = now
+
+    async def _deliver_safely(self, message: QueuedMessage) -> None:
+        try:
+            await self._deliver(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the lease expires and another attempt follows; never lose the worker
+            log.exception("delivery.unexpected_error", message_id=message.id)
+
+    async def _deliver(self, message: QueuedMessage) -> None:
+        workspace_id = self._workspace_for(message)
+        provider = self._providers.get(workspace_id) if workspace_id else None
+        now = self._clock.now()
+        if workspace_id is None or provider is None:
+            outcome = Outcome("retry", response="no workspace serves this sender (configuration changed?)")
+            await self._queue.complete(message, None, self._transition(message, outcome, now, counted=False))
+            return
+        state = self._workspace_states.get(workspace_id)
+        if state is not None and state.state == "broken" and state.recheck_at and state.recheck_at > now:
+            reason = f'workspace "{workspace_id}" is broken: {state.reason}'
+            await self._queue.complete(message, None, Deferred(until=state.recheck_at, reason=reason))
+            return
+        outbound = OutboundMessage(
+            id=message.id,
+            mail_from=message.mail_from,
+            recipients=message.pending_rcpts,
+            data=remove_fields(message.raw, PRIVATE_HEADERS),
+        )
+        outcome = await self._send(provider, outbound)
+        finished = self._clock.now()
+        attempt = AttemptRecord(
+            workspace_id=workspace_id,
+            provider_kind=provider.kind,
+            started_at=now,
+            finished_at=finished,
+            outcome=outcome.kind,
+            provider_status=outcome.status,
+            provider_response=outcome.response,
+            provider_message_id=outcome.provider_message_id,
+        )
+        await self._update_workspace_state(workspace_id, state, outcome, finished)
+        transition = self._transition(message, outcome, finished)
+        if not await self._queue.complete(message, attempt, transition):
+            log.warning("delivery.lease_lost", message_id=message.id, workspace_id=workspace_id)
+            return
+        log.info("delivery.attempt", message_id=message.id, workspace_id=workspace_id, outcome=outcome.kind,
+                 status=outcome.status, attempt=message.attempts + 1, result=type(transition).__name__.lower())
+
+    def _workspace_for(self, message: QueuedMessage) -> str | None:
+        route = self._router.route(message.mail_from)
+        if route is not None and route.kind == "direct":
+            return route.target
+        # Pool senders and senders whose route disappeared go to the fallback workspace until the
+        # balancer (a later stage) picks inside pools.
+        return self._router.fallback_workspace
+
+    async def _send(self, provider: Provider, message: OutboundMessage) -> Outcome:
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                return await provider.send(message)
+        except TimeoutError:
+            return Outcome("retry", response=f"no answer within {self._send_timeout:g} s")
+        except Exception as exc:  # a provider bug must not lose the message: treat it as temporary
+            log.exception("delivery.provider_error", message_id=message.id)
+            return Outcome("retry", response=f"{type(exc).__name__}: {exc}")
+
+    async def _update_workspace_state(
+        self, workspace_id: str, state: WorkspaceState | None, outcome: Outcome, now: datetime
+    ) -> None:
+        if outcome.kind == "auth":
+            recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
+            await self._states.mark_broken(workspace_id, outcome.response or "credentials refused", recheck)
+            self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "broken", outcome.response, now,
+                                                                  recheck)
+            log.warning("workspace.broken", workspace_id=workspace_id, response=outcome.response)
+        elif outcome.kind == "sent" and state is not None and state.state == "broken":
+            await self._states.mark_active(workspace_id)
+            self._workspace_states.pop(workspace_id, None)
+            log.info("workspace.recovered", workspace_id=workspace_id)
+
+    def _transition(self, message: QueuedMessage, outcome: Outcome, now: datetime, *, counted: bool = True) -> Transition:
+        attempts = message.attempts + (1 if counted else 0)
+        age = (now - message.created_at).total_seconds()
+        policy = self._policy
+        summary = f"{outcome.status} {outcome.response}".strip() if outcome.status else outcome.response
+        match outcome.kind:
+            case "sent":
+                if not outcome.retry_recipients:
+                    return Sent()
+                delay = policy.delay(attempts, self._rng, outcome.retry_after)
+                return Deferred(now + timedelta(seconds=delay), "some recipients deferred: " + summary,
+                                outcome.retry_recipients)
+            case "permanent":
+                return Failed(summary)
+            case "quota" | "auth":
+                if age >= policy.max_age_seconds:
+                    return Failed(f"gave up after {age / 3600:.1f} hours in the queue: {summary}")
+                wait = policy.quota_retry_seconds if outcome.kind == "quota" else policy.auth_recheck_seconds
+                return Deferred(now + timedelta(seconds=max(wait, outcome.retry_after or 0)), summary)
+            case _:
+                exhausted = policy.exhausted(attempts, age)
+                if exhausted:
+                    return Failed(f"{exhausted}: {summary}")
+                delay = policy.delay(attempts, self._rng, outcome.retry_after)
+                return Deferred(now + timedelta(seconds=delay), summary, outcome.retry_recipients or None)

@@ -1,0 +1,6 @@
+"""Byte-exact header operations on raw messages (no re-serialisation)."""
+
+from .headers import header_values, remove_fields, split_header_block
+from .mandrill_headers import PRIVATE_HEADERS, extract_metadata
+
+__all__ = ["PRIVATE_HEADERS", "extract_metadata", "header_values", "remove_fields", "split_header_block"]

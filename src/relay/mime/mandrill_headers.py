@@ -1,0 +1,48 @@
+"""Mandrill-style `X-MC-*` headers: parsed into message metadata at ingress, removed before delivery."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .headers import header_values
+
+__all__ = ["PRIVATE_HEADERS", "extract_metadata"]
+
+# Never reach a recipient: Bcc (RFC 5322 §3.6.3) and the instructions meant for the relay only.
+PRIVATE_HEADERS: tuple[str, ...] = ("Bcc", "X-MC-Tags", "X-MC-Metadata")
+
+
+def extract_metadata(raw: bytes) -> dict[str, Any]:
+    """`{"tags": [...], "metadata": {...}}` from `X-MC-Tags` (JSON array or comma list) and `X-MC-Metadata`."""
+    result: dict[str, Any] = {}
+    tags: list[str] = []
+    for value in header_values(raw, "X-MC-Tags"):
+        tags.extend(_parse_tags(value))
+    if tags:
+        result["tags"] = list(dict.fromkeys(tags))
+    metadata: dict[str, Any] = {}
+    for value in header_values(raw, "X-MC-Metadata"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            result.setdefault("invalid_headers", []).append("X-MC-Metadata")
+            continue
+        if isinstance(parsed, dict):
+            metadata.update(parsed)
+        else:
+            result.setdefault("invalid_headers", []).append("X-MC-Metadata")
+    if metadata:
+        result["metadata"] = metadata
+    return result
+
+
+def _parse_tags(value: str) -> list[str]:
+    if value.startswith("["):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            return [str(t).strip() for t in parsed if str(t).strip()]
+    return [t.strip() for t in value.split(",") if t.strip()]

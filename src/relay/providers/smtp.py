@@ -1,0 +1,191 @@
+"""Upstream SMTP provider (aiosmtplib): STARTTLS or implicit TLS, AUTH, reused connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiosmtplib
+
+from ..config import UpstreamSmtpSettings
+from .smtp_replies import classify_reply
+from .types import Health, OutboundMessage, Outcome
+
+__all__ = ["SmtpProvider"]
+
+_IDLE_SECONDS = 30.0  # close a pooled connection unused this long rather than trust it
+
+
+class _Rejected(Exception):
+    """The transaction ended with an outcome before any data was accepted."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class SmtpProvider:
+    kind = "smtp"
+
+    def __init__(self, workspace_id: str, settings: UpstreamSmtpSettings) -> None:
+        self.workspace_id = workspace_id
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+
+    async def send(self, message: OutboundMessage) -> Outcome:
+        async with self._slots:
+            client, reused = None, False
+            try:
+                client, reused = await self._acquire()
+                outcome = await self._transaction(client, message)
+            except aiosmtplib.SMTPServerDisconnected as exc:
+                _close(client)
+                if not reused:
+                    return Outcome("retry", response=f"connection lost: {exc}")
+                # A pooled connection the server had already dropped: one fresh try is safe because the
+                # failure came before the server accepted any data.
+                try:
+                    client, reused = await self._acquire(fresh=True)
+                    outcome = await self._transaction(client, message)
+                except _Rejected as rejected:
+                    return self._release(client, rejected.outcome)
+                except aiosmtplib.SMTPException as exc2:
+                    _close(client)
+                    return _exception_outcome(exc2)
+            except _Rejected as rejected:
+                return self._release(client, rejected.outcome)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                _close(client)
+                return _exception_outcome(exc)
+            return self._release(client, outcome)
+
+    async def check(self) -> Health:
+        try:
+            client = await self._connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return Health(False, _exception_outcome(exc).response)
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.quit()
+        return Health(True, "connected" + (" and authenticated" if self._settings.username else ""))
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await client.quit()
+
+    async def _acquire(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+        now = time.monotonic()
+        while self._idle and not fresh:
+            client, since = self._idle.pop()
+            if client.is_connected and now - since < _IDLE_SECONDS:
+                return client, True
+            _close(client)
+        return await self._connect(), False
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            use_tls=s.tls == "implicit",
+            start_tls=s.tls == "starttls",
+            validate_certs=s.tls_verify,
+            cert_bundle=str(s.ca_file) if s.ca_file else None,
+            timeout=s.timeout_seconds,
+            local_hostname=s.helo_name,
+        )
+        await client.connect()
+        if s.username is not None and s.password is not None:
+            try:
+                await client.login(s.username, s.password.get_secret_value())
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                _close(client)
+                raise _Rejected(Outcome("auth", str(exc.code), exc.message)) from None
+        return client
+
+    async def _transaction(self, client: aiosmtplib.SMTP, message: OutboundMessage) -> Outcome:
+        options = []
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(message.data)}")
+        if client.supports_extension("8bitmime") and any(b > 127 for b in message.data):
+            options.append("BODY=8BITMIME")
+        try:
+            await client.mail(message.mail_from, options=options)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await _reset(client)
+            raise _Rejected(_reply_outcome(exc.code, exc.message)) from None
+        accepted, temporary, rejected = [], [], {}
+        refusal: Outcome | None = None
+        for recipient in message.recipients:
+            try:
+                await client.rcpt(recipient)
+                accepted.append(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                outcome = _reply_outcome(exc.code, exc.message)
+                if outcome.kind in ("auth", "quota"):
+                    refusal = refusal or outcome
+                if outcome.kind == "permanent":
+                    rejected[recipient] = f"{exc.code} {exc.message}"
+                else:
+                    temporary.append(recipient)
+        if refusal is not None or not accepted:
+            await _reset(client)
+            if refusal is not None:
+                raise _Rejected(refusal)
+            kind = "retry" if temporary else "permanent"
+            detail = "; ".join(f"{r}: {why}" for r, why in rejected.items()) or "recipients refused for now"
+            raise _Rejected(Outcome(kind, response=detail, retry_recipients=tuple(temporary),
+                                    rejected_recipients=rejected))
+        try:
+            response = await client.data(message.data)
+        except aiosmtplib.SMTPDataError as exc:
+            await _reset(client)
+            raise _Rejected(_reply_outcome(exc.code, exc.message)) from None
+        return Outcome(
+            "sent",
+            status=str(response.code),
+            response=response.message,
+            provider_message_id=_queue_id(response.message),
+            retry_recipients=tuple(temporary),
+            rejected_recipients=rejected,
+        )
+
+    def _release(self, client: aiosmtplib.SMTP | None, outcome: Outcome) -> Outcome:
+        if client is not None and client.is_connected:
+            self._idle.append((client, time.monotonic()))
+        return outcome
+
+
+def _reply_outcome(code: int, text: str) -> Outcome:
+    return Outcome(classify_reply(code, text), status=str(code), response=text)
+
+
+def _exception_outcome(exc: BaseException) -> Outcome:
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _reply_outcome(exc.code, exc.message)
+    return Outcome("retry", response=f"{type(exc).__name__}: {exc}")
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        _close(client)
+
+
+def _close(client: aiosmtplib.SMTP | None) -> None:
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _queue_id(reply: str) -> str | None:
+    """Postfix and most MTAs end a 250 after DATA with `queued as <id>`."""
+    marker = "queued as "
+    index = reply.lower().rfind(marker)
+    if index == -1:
+        return None
+    rest = reply[index + len(marker) :].split()
+    return rest[0] if rest else None

@@ -1,0 +1,136 @@
+"""Wires one Relay process: database, ingest, delivery workers, the SMTP listener and the HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+import structlog
+import uvicorn
+
+from .api import create_app
+from .clock import Clock, SystemClock
+from .config import Settings
+from .delivery import DeliveryWorker, RetryPolicy
+from .providers import Provider, build_provider
+from .routing import Router
+from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
+from .store import Database, Ingest, MessageQueue, WorkspaceStates
+
+__all__ = ["Relay"]
+
+log = structlog.get_logger(__name__)
+
+
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the Relay process owns signal handling, not uvicorn
+
+
+class Relay:
+    """`start()` brings every part up (the 250 path first); `stop()` shuts down without losing mail."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None,
+                 http: bool = True) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.owner = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._http_enabled = http
+        self.db = Database(settings.database_url)
+        self.queue = MessageQueue(self.db, self.clock)
+        self.states = WorkspaceStates(self.db, self.clock)
+        self.ingest = Ingest(self.db)
+        self.providers: dict[str, Provider] = {}
+        self.worker: DeliveryWorker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._smtp: asyncio.Server | None = None
+        self._http: _HttpServer | None = None
+
+    @property
+    def smtp_address(self) -> tuple[str, int]:
+        assert self._smtp is not None and self._smtp.sockets
+        host, port = self._smtp.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def start(self) -> None:
+        s = self.settings
+        self.providers = {w.id: build_provider(w, self.rng) for w in s.workspaces if w.provider.enabled}
+        await self.db.upgrade()
+        if s.instance_name:
+            released = await self.queue.release_leases(s.instance_name)
+            if released:
+                log.info("delivery.leases_released", owner=s.instance_name, messages=released)
+        router = Router(s)
+        self.ingest.start()
+        self.worker = DeliveryWorker(
+            queue=self.queue,
+            states=self.states,
+            router=router,
+            providers=self.providers,
+            policy=RetryPolicy.from_settings(s.delivery.retry),
+            owner=self.owner,
+            concurrency=s.delivery.concurrency,
+            lease_seconds=s.delivery.lease_seconds,
+            poll_interval=s.delivery.poll_interval_seconds,
+            send_timeout=s.delivery.send_timeout_seconds,
+            clock=self.clock,
+            rng=self.rng,
+        )
+        self.ingest.on_commit(self.worker.notify)
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
+        handler = RelayHandler(router=router, ingest=self.ingest, networks=NetworkPolicy(s.smtp.allowed_networks),
+                               max_recipients=s.smtp.max_recipients, clock=self.clock)
+        self._smtp = await start_smtp_server(s.smtp, handler)
+        if self._http_enabled:
+            await self._start_http()
+        log.info("relay.started", smtp=f"{self.smtp_address[0]}:{self.smtp_address[1]}",
+                 http=f"{s.http.host}:{s.http.port}" if self._http_enabled else None,
+                 database=self.db.dialect, workspaces=len(self.providers), owner=self.owner)
+
+    async def _start_http(self) -> None:
+        config = uvicorn.Config(create_app(self.readiness), host=self.settings.http.host,
+                                port=self.settings.http.port, log_config=None, access_log=False, lifespan="off")
+        self._http = _HttpServer(config)
+        self._tasks.append(asyncio.create_task(self._http.serve(), name="relay-http"))
+        while not self._http.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()  # raises the reason, e.g. the port is taken
+                raise OSError(f"HTTP server on port {self.settings.http.port} did not start")
+            await asyncio.sleep(0.01)
+
+    async def readiness(self) -> str | None:
+        try:
+            async with self.db.begin() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return f"database unavailable: {type(exc).__name__}"
+        return None
+
+    async def stop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._smtp.wait_closed()
+        await self.ingest.stop()
+        if self._http is not None:
+            self._http.should_exit = True
+        for task in self._tasks:
+            if task.get_name() != "relay-http":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.queue.release_leases(self.owner)  # in-flight sends were cancelled: make them due again
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+        await self.db.dispose()
+        log.info("relay.stopped")

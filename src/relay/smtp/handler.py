@@ -1,0 +1,75 @@
+"""SMTP replies: each aiosmtpd hook asks one question of routing or the store and answers one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from ..clock import Clock
+from ..errors import StoreError
+from ..mime import extract_metadata
+from ..routing import Router, sender_domain
+from ..store import Ingest, NewMessage, new_message_id
+from .auth import NetworkPolicy
+
+__all__ = ["RelayHandler"]
+
+log = structlog.get_logger(__name__)
+
+
+class RelayHandler:
+    def __init__(
+        self, *, router: Router, ingest: Ingest, networks: NetworkPolicy, max_recipients: int, clock: Clock
+    ) -> None:
+        self.router = router
+        self._ingest = ingest
+        self._networks = networks
+        self._max_recipients = max_recipients
+        self._clock = clock
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if not session.authenticated and not self._networks.allows(session.peer):
+            return "530 5.7.0 Authentication required"
+        if not self.router.serves(address):
+            domain = sender_domain(address)
+            what = f'sender domain "{domain}" is not served by this relay' if domain else "a sender address is required"
+            log.info("smtp.sender_refused", sender=address, peer=session.peer[0])
+            return f"550 5.7.1 Relay access denied: {what}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self._max_recipients} per message)"
+        if "@" not in address:
+            return "550 5.1.3 Recipient address must include a domain"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw: bytes = envelope.original_content
+        message = NewMessage(
+            id=new_message_id(),
+            mail_from=envelope.mail_from,
+            rcpt_to=tuple(envelope.rcpt_tos),
+            raw=raw,
+            received_at=self._clock.now(),
+            metadata=extract_metadata(raw),
+            source="smtp",
+            client_address=str(session.peer[0]),
+            authenticated_user=session.auth_data if session.authenticated else None,
+        )
+        try:
+            await self._ingest.store(message)
+        except StoreError:
+            return "451 4.3.0 Local storage error, message not accepted; try again later"
+        log.info("smtp.queued", message_id=message.id, sender=message.mail_from, recipients=len(message.rcpt_to),
+                 size=len(raw))
+        return f"250 2.0.0 Ok: queued as {message.id}"

@@ -1,0 +1,109 @@
+"""The database connection: URL dialects, SQLite durability pragmas, migrations under a lock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+__all__ = ["Database", "async_url"]
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
+}
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """`postgresql://…` → `postgresql+asyncpg://…`; a URL that already names a driver is kept."""
+    parsed = make_url(url)
+    if "+" in parsed.drivername:
+        return url
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ValueError(f'unsupported database "{parsed.drivername}" (use sqlite, postgresql or mysql)')
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+class Database:
+    """One engine per process. `begin()` yields a transaction; on SQLite it starts with BEGIN IMMEDIATE."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = async_url(url)
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+            kwargs["connect_args"] = {"timeout": 10} if self.dialect == "postgresql" else {"connect_timeout": 10}
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+
+    @property
+    def supports_skip_locked(self) -> bool:
+        return self.dialect in ("postgresql", "mysql", "mariadb")
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
+    async def upgrade(self) -> None:
+        """Apply Alembic migrations up to head; safe when several processes start at once."""
+        async with self.engine.connect() as connection:
+            if self.dialect in ("mysql", "mariadb"):
+                await connection.execute(sa.text("SELECT GET_LOCK('relay_migrations', 120)"))
+            try:
+                await connection.run_sync(self._upgrade_sync)
+                await connection.commit()
+            finally:
+                if self.dialect in ("mysql", "mariadb"):
+                    await connection.execute(sa.text("SELECT RELEASE_LOCK('relay_migrations')"))
+
+    def _upgrade_sync(self, connection: sa.Connection) -> None:
+        if self.dialect == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(727465)"))
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    # WAL lets readers run beside the writer; synchronous=FULL fsyncs the WAL on every commit, which is
+    # what makes "250 means durable" true. The driver's own transaction handling is turned off so that
+    # every transaction can start with BEGIN IMMEDIATE: it takes the write lock up front instead of failing
+    # with SQLITE_BUSY when a read transaction later tries to write.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+

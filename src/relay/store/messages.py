@@ -1,0 +1,96 @@
+"""Read access to stored messages and their attempts, for the CLI, the API and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from .database import Database
+from .tables import delivery_attempts, messages
+from .timestamps import from_db
+
+__all__ = ["AttemptView", "MessageView", "Messages"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    workspace_id: str | None
+    last_error: str | None
+    metadata: dict[str, Any]
+    size: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptView:
+    attempt_number: int
+    workspace_id: str | None
+    outcome: str
+    provider_status: str | None
+    provider_response: str | None
+    provider_message_id: str | None
+    started_at: datetime
+    finished_at: datetime
+    latency_ms: int
+
+
+class Messages:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, message_id: str) -> MessageView | None:
+        async with self._db.begin() as connection:
+            row = (await connection.execute(sa.select(messages).where(messages.c.id == message_id))).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return MessageView(
+            id=m["id"],
+            mail_from=m["mail_from"],
+            rcpt_to=tuple(m["rcpt_to"]),
+            status=m["status"],
+            attempts=m["attempts"],
+            next_attempt_at=from_db(m["next_attempt_at"]) if m["next_attempt_at"] else None,
+            workspace_id=m["workspace_id"],
+            last_error=m["last_error"],
+            metadata=m["metadata"],
+            size=m["size"],
+            created_at=from_db(m["created_at"]),
+        )
+
+    async def raw(self, message_id: str) -> bytes | None:
+        async with self._db.begin() as connection:
+            value = (await connection.execute(sa.select(messages.c.raw).where(messages.c.id == message_id))).scalar()
+        return bytes(value) if value is not None else None
+
+    async def attempts(self, message_id: str) -> list[AttemptView]:
+        query = (
+            sa.select(delivery_attempts)
+            .where(delivery_attempts.c.message_id == message_id)
+            .order_by(delivery_attempts.c.attempt_number, delivery_attempts.c.id)
+        )
+        async with self._db.begin() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            AttemptView(
+                attempt_number=r.attempt_number,
+                workspace_id=r.workspace_id,
+                outcome=r.outcome,
+                provider_status=r.provider_status,
+                provider_response=r.provider_response,
+                provider_message_id=r.provider_message_id,
+                started_at=from_db(r.started_at),
+                finished_at=from_db(r.finished_at),
+                latency_ms=r.latency_ms,
+            )
+            for r in rows
+        ]

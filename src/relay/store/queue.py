@@ -1,0 +1,144 @@
+"""The delivery queue: claim due messages under a lease, write each outcome guarded by that lease."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..clock import Clock
+from .database import Database
+from .tables import delivery_attempts, messages
+from .timestamps import from_db, to_db
+from .types import AttemptRecord, Deferred, Failed, QueuedMessage, Sent, Transition
+
+__all__ = ["MessageQueue"]
+
+_CLAIM_COLUMNS = [
+    messages.c.id,
+    messages.c.mail_from,
+    messages.c.rcpt_to,
+    messages.c.pending_rcpts,
+    messages.c.raw,
+    messages.c.attempts,
+    messages.c.created_at,
+    messages.c["metadata"],
+    messages.c.lease_owner,
+]
+
+
+class MessageQueue:
+    """Claims are exclusive: SKIP LOCKED on PostgreSQL/MariaDB, BEGIN IMMEDIATE on SQLite."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._claims = itertools.count(1)
+
+    async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[QueuedMessage]:
+        """Lease up to `limit` due messages (waiting ones, or sending ones whose lease ran out)."""
+        now = self._clock.now()
+        expires = to_db(now + timedelta(seconds=lease_seconds))
+        token = f"{owner}/{next(self._claims)}"
+        due = (
+            sa.select(messages.c.id)
+            .where(messages.c.next_attempt_at <= to_db(now))
+            .order_by(messages.c.next_attempt_at)
+            .limit(limit)
+        )
+        if self._db.supports_skip_locked:
+            due = due.with_for_update(skip_locked=True)
+        async with self._db.begin() as connection:
+            ids = list((await connection.execute(due)).scalars())
+            if not ids:
+                return []
+            await connection.execute(
+                messages.update()
+                .where(messages.c.id.in_(ids))
+                .values(status="sending", lease_owner=token, lease_expires_at=expires, next_attempt_at=expires,
+                        updated_at=to_db(now))
+            )
+            rows = (await connection.execute(sa.select(*_CLAIM_COLUMNS).where(messages.c.id.in_(ids)))).all()
+        return [_queued(row) for row in sorted(rows, key=lambda r: ids.index(r.id))]
+
+    async def complete(self, message: QueuedMessage, attempt: AttemptRecord | None, transition: Transition) -> bool:
+        """Record `attempt` and move the message on. False if the lease was lost to another worker."""
+        now = to_db(self._clock.now())
+        values: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
+        match transition:
+            case Sent():
+                values.update(status="sent", next_attempt_at=None, pending_rcpts=None, last_error=None)
+            case Deferred(until=until, reason=reason, pending_rcpts=pending):
+                values.update(status="deferred", next_attempt_at=to_db(until), last_error=reason)
+                if pending is not None:
+                    values["pending_rcpts"] = list(pending)
+            case Failed(reason=reason):
+                values.update(status="failed", next_attempt_at=None, last_error=reason)
+        if attempt is not None:
+            values.update(attempts=messages.c.attempts + 1, workspace_id=attempt.workspace_id)
+        async with self._db.begin() as connection:
+            if attempt is not None:
+                await connection.execute(delivery_attempts.insert().values(_attempt_row(message, attempt)))
+            result = await connection.execute(
+                messages.update()
+                .where(messages.c.id == message.id, messages.c.lease_owner == message.lease_owner)
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    async def release_leases(self, owner: str) -> int:
+        """Make messages leased by `owner` (a previous run of this instance) due now; returns how many."""
+        now = to_db(self._clock.now())
+        async with self._db.begin() as connection:
+            result = await connection.execute(
+                messages.update()
+                .where(messages.c.status == "sending", messages.c.lease_owner.like(f"{owner}/%"))
+                .values(status="queued", lease_owner=None, lease_expires_at=None, next_attempt_at=now)
+            )
+        return result.rowcount
+
+    async def next_due(self) -> datetime | None:
+        """When the earliest waiting or leased message becomes due, or None if nothing is pending."""
+        async with self._db.begin() as connection:
+            value = (await connection.execute(sa.select(sa.func.min(messages.c.next_attempt_at)))).scalar()
+        return from_db(value) if value is not None else None
+
+    async def status_counts(self) -> dict[str, int]:
+        async with self._db.begin() as connection:
+            rows = await connection.execute(
+                sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status)
+            )
+            return {status: count for status, count in rows.all()}
+
+
+def _queued(row: sa.Row[Any]) -> QueuedMessage:
+    rcpt_to = tuple(row.rcpt_to)
+    return QueuedMessage(
+        id=row.id,
+        mail_from=row.mail_from,
+        rcpt_to=rcpt_to,
+        pending_rcpts=tuple(row.pending_rcpts) if row.pending_rcpts is not None else rcpt_to,
+        raw=bytes(row.raw),
+        attempts=row.attempts,
+        created_at=from_db(row.created_at),
+        metadata=row._mapping["metadata"],
+        lease_owner=row.lease_owner,
+    )
+
+
+def _attempt_row(message: QueuedMessage, attempt: AttemptRecord) -> dict[str, Any]:
+    return {
+        "message_id": message.id,
+        "attempt_number": message.attempts + 1,
+        "workspace_id": attempt.workspace_id,
+        "provider_kind": attempt.provider_kind,
+        "started_at": to_db(attempt.started_at),
+        "finished_at": to_db(attempt.finished_at),
+        "outcome": attempt.outcome,
+        "provider_status": attempt.provider_status,
+        "provider_response": (attempt.provider_response or "")[:4000] or None,
+        "provider_message_id": attempt.provider_message_id,
+        "latency_ms": attempt.latency_ms,
+    }

@@ -1,0 +1,73 @@
+"""SQLAlchemy Core tables. Alembic migrations in `migrations/versions/` create exactly these."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = ["delivery_attempts", "messages", "metadata", "workspaces"]
+
+metadata = sa.MetaData()
+
+# MySQL's plain DATETIME drops fractions of a second and BLOB stops at 64 KiB.
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+RawBytes = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("mail_from", sa.String(512), nullable=False),
+    sa.Column("rcpt_to", sa.JSON, nullable=False),
+    # Recipients still to deliver after a partly successful attempt; NULL means all of rcpt_to.
+    sa.Column("pending_rcpts", sa.JSON, nullable=True),
+    sa.Column("raw", RawBytes, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # When the message next needs a worker: due time while waiting, lease expiry while sending,
+    # NULL once sent or failed. One indexed column makes the claim query a range scan.
+    sa.Column("next_attempt_at", Timestamp, nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", Timestamp, nullable=True),
+    sa.Column("workspace_id", sa.String(255), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("client_address", sa.String(64), nullable=True),
+    sa.Column("authenticated_user", sa.String(255), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Index("ix_messages_next_attempt_at", "next_attempt_at"),
+    sa.Index("ix_messages_status", "status"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(26), sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("attempt_number", sa.Integer, nullable=False),
+    sa.Column("workspace_id", sa.String(255), nullable=True),
+    sa.Column("provider_kind", sa.String(32), nullable=True),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("provider_status", sa.String(32), nullable=True),
+    sa.Column("provider_response", sa.Text, nullable=True),
+    sa.Column("provider_message_id", sa.String(255), nullable=True),
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Index("ix_delivery_attempts_message_id", "message_id"),
+)
+
+# Runtime state of each configured workspace, shared by every process on the database.
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state_reason", sa.Text, nullable=True),
+    sa.Column("state_changed_at", Timestamp, nullable=False),
+    sa.Column("recheck_at", Timestamp, nullable=True),
+)

@@ -1,0 +1,100 @@
+"""Values the store hands in and out. Frozen dataclasses; tables never leave `store/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = [
+    "AttemptRecord",
+    "Deferred",
+    "Failed",
+    "MessageStatus",
+    "NewMessage",
+    "QueuedMessage",
+    "Sent",
+    "Transition",
+    "WorkspaceState",
+]
+
+MessageStatus = Literal["queued", "sending", "deferred", "sent", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message accepted from a client, before it is stored."""
+
+    id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    raw: bytes
+    received_at: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = "smtp"
+    client_address: str | None = None
+    authenticated_user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message claimed by one worker; `lease_owner` proves the claim when the outcome is written."""
+
+    id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    pending_rcpts: tuple[str, ...]
+    raw: bytes
+    attempts: int
+    created_at: datetime
+    metadata: dict[str, Any]
+    lease_owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try to hand a message to one workspace, as written to `delivery_attempts`."""
+
+    workspace_id: str | None
+    provider_kind: str | None
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    provider_status: str | None = None
+    provider_response: str | None = None
+    provider_message_id: str | None = None
+
+    @property
+    def latency_ms(self) -> int:
+        return max(0, round((self.finished_at - self.started_at).total_seconds() * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Back to the queue until `until`; `pending_rcpts` narrows who is still to receive it."""
+
+    until: datetime
+    reason: str
+    pending_rcpts: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+
+
+Transition = Sent | Deferred | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceState:
+    id: str
+    state: Literal["active", "broken"]
+    reason: str | None
+    changed_at: datetime
+    recheck_at: datetime | None

@@ -1,0 +1,57 @@
+"""Shared runtime state of workspaces (active, or broken after refused credentials)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from ..clock import Clock
+from .database import Database
+from .tables import workspaces
+from .timestamps import from_db, to_db
+from .types import WorkspaceState
+
+__all__ = ["WorkspaceStates"]
+
+
+class WorkspaceStates:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def all(self) -> dict[str, WorkspaceState]:
+        async with self._db.begin() as connection:
+            rows = (await connection.execute(sa.select(workspaces))).all()
+        return {
+            row.id: WorkspaceState(
+                id=row.id,
+                state=row.state,
+                reason=row.state_reason,
+                changed_at=from_db(row.state_changed_at),
+                recheck_at=from_db(row.recheck_at) if row.recheck_at else None,
+            )
+            for row in rows
+        }
+
+    async def mark_broken(self, workspace_id: str, reason: str, recheck_at: datetime) -> None:
+        await self._set(workspace_id, state="broken", state_reason=reason[:2000], recheck_at=to_db(recheck_at))
+
+    async def mark_active(self, workspace_id: str) -> None:
+        await self._set(workspace_id, state="active", state_reason=None, recheck_at=None)
+
+    async def _set(self, workspace_id: str, **values: object) -> None:
+        values["state_changed_at"] = to_db(self._clock.now())
+        async with self._db.begin() as connection:
+            updated = await connection.execute(
+                workspaces.update().where(workspaces.c.id == workspace_id).values(**values)
+            )
+            if updated.rowcount:
+                return
+        try:
+            async with self._db.begin() as connection:
+                await connection.execute(workspaces.insert().values(id=workspace_id, **values))
+        except IntegrityError:  # another process inserted it first: update theirs
+            async with self._db.begin() as connection:
+                await connection.execute(workspaces.update().where(workspaces.c.id == workspace_id).values(**values))
