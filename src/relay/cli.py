@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import smtplib
-import sys
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -17,8 +16,11 @@ from .config import Settings, load_settings
 from .errors import ConfigError, ProviderError, RelayError
 from .logs import configure_logging
 
-app = typer.Typer(help="Relay: an SMTP relay that delivers through several provider workspaces.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Relay: an SMTP relay that delivers through several provider workspaces.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -127,9 +129,9 @@ def send(
             if username and password:
                 client.login(username, password)
             client.send_message(message, from_addr=mail_from, to_addrs=to)
-            code, reply = client.noop()
     except smtplib.SMTPResponseException as exc:
-        typer.echo(f"refused: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", err=True)
+        reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        typer.echo(f"refused: {exc.smtp_code} {reply}", err=True)
         raise typer.Exit(1) from None
     except (smtplib.SMTPException, OSError) as exc:
         typer.echo(f"cannot send through {host}:{port}: {exc}", err=True)
@@ -142,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

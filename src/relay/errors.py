@@ -1,9 +1,9 @@
 """Relay's exception tree. Each package raises its own subclass; callers catch these, never foreign types.
 
-    RelayError
-    ├── ConfigError            invalid configuration; carries one Problem per JSON path
-    ├── StoreError             the database refused or is unreachable (a retry may succeed)
-    └── ProviderError          a provider could not be built from its configuration
+RelayError
+├── ConfigError            invalid configuration; carries one Problem per JSON path
+├── StoreError             the database refused or is unreachable (a retry may succeed)
+└── ProviderError          a provider could not be built from its configuration
 """
 
 from __future__ import annotations

@@ -37,8 +37,9 @@ class _HttpServer(uvicorn.Server):
 class Relay:
     """`start()` brings every part up (the 250 path first); `stop()` shuts down without losing mail."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None,
-                 http: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None, http: bool = True
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -56,7 +57,8 @@ class Relay:
 
     @property
     def smtp_address(self) -> tuple[str, int]:
-        assert self._smtp is not None and self._smtp.sockets
+        assert self._smtp is not None
+        assert self._smtp.sockets
         host, port = self._smtp.sockets[0].getsockname()[:2]
         return host, port
 
@@ -86,18 +88,34 @@ class Relay:
         )
         self.ingest.on_commit(self.worker.notify)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
-        handler = RelayHandler(router=router, ingest=self.ingest, networks=NetworkPolicy(s.smtp.allowed_networks),
-                               max_recipients=s.smtp.max_recipients, clock=self.clock)
+        handler = RelayHandler(
+            router=router,
+            ingest=self.ingest,
+            networks=NetworkPolicy(s.smtp.allowed_networks),
+            max_recipients=s.smtp.max_recipients,
+            clock=self.clock,
+        )
         self._smtp = await start_smtp_server(s.smtp, handler)
         if self._http_enabled:
             await self._start_http()
-        log.info("relay.started", smtp=f"{self.smtp_address[0]}:{self.smtp_address[1]}",
-                 http=f"{s.http.host}:{s.http.port}" if self._http_enabled else None,
-                 database=self.db.dialect, workspaces=len(self.providers), owner=self.owner)
+        log.info(
+            "relay.started",
+            smtp=f"{self.smtp_address[0]}:{self.smtp_address[1]}",
+            http=f"{s.http.host}:{s.http.port}" if self._http_enabled else None,
+            database=self.db.dialect,
+            workspaces=len(self.providers),
+            owner=self.owner,
+        )
 
     async def _start_http(self) -> None:
-        config = uvicorn.Config(create_app(self.readiness), host=self.settings.http.host,
-                                port=self.settings.http.port, log_config=None, access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            create_app(self.readiness),
+            host=self.settings.http.host,
+            port=self.settings.http.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
         self._http = _HttpServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(), name="relay-http"))
         while not self._http.started:

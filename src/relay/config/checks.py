@@ -52,8 +52,9 @@ def _pool_problems(settings: Settings) -> Iterator[Problem]:
             if member.workspace_id not in workspace_ids:
                 yield Problem(f"{where}.workspaces[{j}].workspace_id", f'unknown workspace "{member.workspace_id}"')
             if member.workspace_id in members:
-                yield Problem(f"{where}.workspaces[{j}].workspace_id",
-                              f'workspace "{member.workspace_id}" is listed twice')
+                yield Problem(
+                    f"{where}.workspaces[{j}].workspace_id", f'workspace "{member.workspace_id}" is listed twice'
+                )
             members.add(member.workspace_id)
 
 

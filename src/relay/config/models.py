@@ -28,16 +28,16 @@ __all__ = [
     "ApiKey",
     "DeliverySettings",
     "HttpSettings",
-    "PoolMember",
     "Pool",
+    "PoolMember",
     "RateLimits",
     "RetryPolicySettings",
     "SmtpSettings",
     "SmtpUser",
+    "Strategy",
     "Webhook",
     "Workspace",
     "WorkspaceLoadBalancing",
-    "Strategy",
 ]
 
 Identifier = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
@@ -135,16 +135,19 @@ class Workspace(_Model):
         if isinstance(data, dict):
             for kind in _LATER_PROVIDERS:
                 if kind in data:
-                    raise ValueError(f'provider kind "{kind}" is not supported yet (use gmail, mailgun, '
-                                     "mandrill, smtp or sandbox)")
+                    raise ValueError(
+                        f'provider kind "{kind}" is not supported yet (use gmail, mailgun, mandrill, smtp or sandbox)'
+                    )
         return data
 
     @model_validator(mode="after")
     def _one_provider(self) -> Workspace:
         sections = [s for s in (self.gmail, self.mailgun, self.mandrill, self.smtp, self.sandbox) if s]
         if len(sections) != 1:
-            raise ValueError("a workspace needs exactly one provider section: gmail, mailgun, mandrill, smtp "
-                             f"or sandbox (found {len(sections)})")
+            raise ValueError(
+                "a workspace needs exactly one provider section: gmail, mailgun, mandrill, smtp "
+                f"or sandbox (found {len(sections)})"
+            )
         return self
 
     @property
@@ -202,8 +205,8 @@ class DeliverySettings(_Model):
     @model_validator(mode="after")
     def _lease_outlives_send(self) -> DeliverySettings:
         if self.lease_seconds <= self.send_timeout_seconds:
-            raise ValueError("lease_seconds must be longer than send_timeout_seconds, or a slow send could be "
-                             "claimed and sent again by another worker")
+            raise ValueError(
+                "lease_seconds must be longer than send_timeout_seconds, or a slow send could be "
+                "claimed and sent again by another worker"
+            )
         return self
-
-

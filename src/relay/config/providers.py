@@ -61,9 +61,7 @@ class GmailSettings(_ProviderSection):
             self.service_account_json is not None,
         ]
         if sum(given) != 1:
-            raise ValueError(
-                "give exactly one of service_account_file, service_account_env, service_account_json"
-            )
+            raise ValueError("give exactly one of service_account_file, service_account_env, service_account_json")
         return self
 
 

@@ -179,8 +179,15 @@ class DeliveryWorker:
         if not await self._queue.complete(message, attempt, transition):
             log.warning("delivery.lease_lost", message_id=message.id, workspace_id=workspace_id)
             return
-        log.info("delivery.attempt", message_id=message.id, workspace_id=workspace_id, outcome=outcome.kind,
-                 status=outcome.status, attempt=message.attempts + 1, result=type(transition).__name__.lower())
+        log.info(
+            "delivery.attempt",
+            message_id=message.id,
+            workspace_id=workspace_id,
+            outcome=outcome.kind,
+            status=outcome.status,
+            attempt=message.attempts + 1,
+            result=type(transition).__name__.lower(),
+        )
 
     def _workspace_for(self, message: QueuedMessage) -> str | None:
         route = self._router.route(message.mail_from)
@@ -206,15 +213,18 @@ class DeliveryWorker:
         if outcome.kind == "auth":
             recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
             await self._states.mark_broken(workspace_id, outcome.response or "credentials refused", recheck)
-            self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "broken", outcome.response, now,
-                                                                  recheck)
+            self._workspace_states[workspace_id] = WorkspaceState(
+                workspace_id, "broken", outcome.response, now, recheck
+            )
             log.warning("workspace.broken", workspace_id=workspace_id, response=outcome.response)
         elif outcome.kind == "sent" and state is not None and state.state == "broken":
             await self._states.mark_active(workspace_id)
             self._workspace_states.pop(workspace_id, None)
             log.info("workspace.recovered", workspace_id=workspace_id)
 
-    def _transition(self, message: QueuedMessage, outcome: Outcome, now: datetime, *, counted: bool = True) -> Transition:
+    def _transition(
+        self, message: QueuedMessage, outcome: Outcome, now: datetime, *, counted: bool = True
+    ) -> Transition:
         attempts = message.attempts + (1 if counted else 0)
         age = (now - message.created_at).total_seconds()
         policy = self._policy
@@ -224,8 +234,9 @@ class DeliveryWorker:
                 if not outcome.retry_recipients:
                     return Sent()
                 delay = policy.delay(attempts, self._rng, outcome.retry_after)
-                return Deferred(now + timedelta(seconds=delay), "some recipients deferred: " + summary,
-                                outcome.retry_recipients)
+                return Deferred(
+                    now + timedelta(seconds=delay), "some recipients deferred: " + summary, outcome.retry_recipients
+                )
             case "permanent":
                 return Failed(summary)
             case "quota" | "auth":

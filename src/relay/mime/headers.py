@@ -20,16 +20,13 @@ def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     if crlf == -1 and lf == -1:
         return raw, b""
     # Whichever blank line comes first ends the headers, for messages that mix CRLF and LF.
-    if crlf != -1 and (lf == -1 or crlf + 1 <= lf):
-        end = crlf + 4
-    else:
-        end = lf + 2
+    end = crlf + 4 if crlf != -1 and (lf == -1 or crlf < lf) else lf + 2
     return raw[:end], raw[end:]
 
 
 def _fields(header_block: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(lower-cased field name, all raw bytes of the field with its folded lines)."""
-    name, chunks = b"", []
+    name, chunks = b"", list[bytes]()
     for line in _LINE.findall(header_block):
         if line[:1] in (b" ", b"\t") and chunks:
             chunks.append(line)

@@ -49,8 +49,11 @@ class SandboxProvider:
 
     def _write(self, message: OutboundMessage) -> None:
         self._outbox.mkdir(parents=True, exist_ok=True)
-        envelope = {"mail_from": message.mail_from, "recipients": list(message.recipients),
-                    "workspace_id": self.workspace_id}
+        envelope = {
+            "mail_from": message.mail_from,
+            "recipients": list(message.recipients),
+            "workspace_id": self.workspace_id,
+        }
         # Write then rename, so a reader of the outbox never sees half a message.
         for name, data in ((f"{message.id}.json", json.dumps(envelope).encode()), (f"{message.id}.eml", message.data)):
             temporary = self._outbox / f".{name}.tmp"

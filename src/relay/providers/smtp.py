@@ -10,14 +10,14 @@ import aiosmtplib
 
 from ..config import UpstreamSmtpSettings
 from .smtp_replies import classify_reply
-from .types import Health, OutboundMessage, Outcome
+from .types import Health, OutboundMessage, Outcome, OutcomeKind
 
 __all__ = ["SmtpProvider"]
 
 _IDLE_SECONDS = 30.0  # close a pooled connection unused this long rather than trust it
 
 
-class _Rejected(Exception):
+class _RejectedError(Exception):
     """The transaction ended with an outcome before any data was accepted."""
 
     def __init__(self, outcome: Outcome) -> None:
@@ -48,12 +48,12 @@ class SmtpProvider:
                 try:
                     client, reused = await self._acquire(fresh=True)
                     outcome = await self._transaction(client, message)
-                except _Rejected as rejected:
+                except _RejectedError as rejected:
                     return self._release(client, rejected.outcome)
                 except aiosmtplib.SMTPException as exc2:
                     _close(client)
                     return _exception_outcome(exc2)
-            except _Rejected as rejected:
+            except _RejectedError as rejected:
                 return self._release(client, rejected.outcome)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 _close(client)
@@ -102,7 +102,7 @@ class SmtpProvider:
                 await client.login(s.username, s.password.get_secret_value())
             except aiosmtplib.SMTPAuthenticationError as exc:
                 _close(client)
-                raise _Rejected(Outcome("auth", str(exc.code), exc.message)) from None
+                raise _RejectedError(Outcome("auth", str(exc.code), exc.message)) from None
         return client
 
     async def _transaction(self, client: aiosmtplib.SMTP, message: OutboundMessage) -> Outcome:
@@ -115,7 +115,7 @@ class SmtpProvider:
             await client.mail(message.mail_from, options=options)
         except aiosmtplib.SMTPSenderRefused as exc:
             await _reset(client)
-            raise _Rejected(_reply_outcome(exc.code, exc.message)) from None
+            raise _RejectedError(_reply_outcome(exc.code, exc.message)) from None
         accepted, temporary, rejected = [], [], {}
         refusal: Outcome | None = None
         for recipient in message.recipients:
@@ -133,16 +133,17 @@ class SmtpProvider:
         if refusal is not None or not accepted:
             await _reset(client)
             if refusal is not None:
-                raise _Rejected(refusal)
-            kind = "retry" if temporary else "permanent"
+                raise _RejectedError(refusal)
+            kind: OutcomeKind = "retry" if temporary else "permanent"
             detail = "; ".join(f"{r}: {why}" for r, why in rejected.items()) or "recipients refused for now"
-            raise _Rejected(Outcome(kind, response=detail, retry_recipients=tuple(temporary),
-                                    rejected_recipients=rejected))
+            raise _RejectedError(
+                Outcome(kind, response=detail, retry_recipients=tuple(temporary), rejected_recipients=rejected)
+            )
         try:
             response = await client.data(message.data)
         except aiosmtplib.SMTPDataError as exc:
             await _reset(client)
-            raise _Rejected(_reply_outcome(exc.code, exc.message)) from None
+            raise _RejectedError(_reply_outcome(exc.code, exc.message)) from None
         return Outcome(
             "sent",
             status=str(response.code),

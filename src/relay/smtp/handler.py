@@ -28,7 +28,9 @@ class RelayHandler:
         self._max_recipients = max_recipients
         self._clock = clock
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
@@ -70,6 +72,11 @@ class RelayHandler:
             await self._ingest.store(message)
         except StoreError:
             return "451 4.3.0 Local storage error, message not accepted; try again later"
-        log.info("smtp.queued", message_id=message.id, sender=message.mail_from, recipients=len(message.rcpt_to),
-                 size=len(raw))
+        log.info(
+            "smtp.queued",
+            message_id=message.id,
+            sender=message.mail_from,
+            recipients=len(message.rcpt_to),
+            size=len(raw),
+        )
         return f"250 2.0.0 Ok: queued as {message.id}"

@@ -34,6 +34,8 @@ class Ingest:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._on_commit: list[Callable[[], None]] = []
+        self._idle = asyncio.Event()  # set whenever nothing is pending
+        self._idle.set()
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` after each batch commits (delivery workers use it to wake up)."""
@@ -47,8 +49,9 @@ class Ingest:
         """Commit what is pending, then stop."""
         if self._task is None:
             return
-        while self._pending:
-            await asyncio.sleep(0.01)
+        if self._pending:
+            self._wakeup.set()
+            await self._idle.wait()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -60,6 +63,7 @@ class Ingest:
             raise StoreError("ingest is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((_row(message), future))
+        self._idle.clear()
         self._wakeup.set()
         await future
 
@@ -71,6 +75,7 @@ class Ingest:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 await self._commit(batch)
+            self._idle.set()
 
     async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:

@@ -57,8 +57,13 @@ class MessageQueue:
             await connection.execute(
                 messages.update()
                 .where(messages.c.id.in_(ids))
-                .values(status="sending", lease_owner=token, lease_expires_at=expires, next_attempt_at=expires,
-                        updated_at=to_db(now))
+                .values(
+                    status="sending",
+                    lease_owner=token,
+                    lease_expires_at=expires,
+                    next_attempt_at=expires,
+                    updated_at=to_db(now),
+                )
             )
             rows = (await connection.execute(sa.select(*_CLAIM_COLUMNS).where(messages.c.id.in_(ids)))).all()
         return [_queued(row) for row in sorted(rows, key=lambda r: ids.index(r.id))]
@@ -107,10 +112,8 @@ class MessageQueue:
 
     async def status_counts(self) -> dict[str, int]:
         async with self._db.begin() as connection:
-            rows = await connection.execute(
-                sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status)
-            )
-            return {status: count for status, count in rows.all()}
+            rows = await connection.execute(sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status))
+            return dict(rows.tuples().all())
 
 
 def _queued(row: sa.Row[Any]) -> QueuedMessage:
