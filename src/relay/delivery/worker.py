@@ -212,11 +212,10 @@ class DeliveryWorker:
     ) -> None:
         if outcome.kind == "auth":
             recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
-            await self._states.mark_broken(workspace_id, outcome.response or "credentials refused", recheck)
-            self._workspace_states[workspace_id] = WorkspaceState(
-                workspace_id, "broken", outcome.response, now, recheck
-            )
-            log.warning("workspace.broken", workspace_id=workspace_id, response=outcome.response)
+            reason = _summary(outcome) or "credentials refused"
+            await self._states.mark_broken(workspace_id, reason, recheck)
+            self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "broken", reason, now, recheck)
+            log.warning("workspace.broken", workspace_id=workspace_id, response=reason)
         elif outcome.kind == "sent" and state is not None and state.state == "broken":
             await self._states.mark_active(workspace_id)
             self._workspace_states.pop(workspace_id, None)
@@ -228,7 +227,7 @@ class DeliveryWorker:
         attempts = message.attempts + (1 if counted else 0)
         age = (now - message.created_at).total_seconds()
         policy = self._policy
-        summary = f"{outcome.status} {outcome.response}".strip() if outcome.status else outcome.response
+        summary = _summary(outcome)
         match outcome.kind:
             case "sent":
                 if not outcome.retry_recipients:
@@ -250,3 +249,8 @@ class DeliveryWorker:
                     return Failed(f"{exhausted}: {summary}")
                 delay = policy.delay(attempts, self._rng, outcome.retry_after)
                 return Deferred(now + timedelta(seconds=delay), summary, outcome.retry_recipients or None)
+
+
+def _summary(outcome: Outcome) -> str:
+    """`451 4.3.0 try later`: the provider's status and text, as stored in `last_error`."""
+    return f"{outcome.status} {outcome.response}".strip() if outcome.status else outcome.response

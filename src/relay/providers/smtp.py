@@ -102,7 +102,12 @@ class SmtpProvider:
                 await client.login(s.username, s.password.get_secret_value())
             except aiosmtplib.SMTPAuthenticationError as exc:
                 _close(client)
-                raise _RejectedError(Outcome("auth", str(exc.code), exc.message)) from None
+                # 454 4.7.0 is a temporary failure (retry) and SES throttles with 454 (quota); a refusal that
+                # would be permanent for a message means the workspace's credentials or settings are wrong.
+                outcome = _reply_outcome(exc.code, exc.message)
+                if outcome.kind == "permanent":
+                    outcome = Outcome("auth", outcome.status, outcome.response)
+                raise _RejectedError(outcome) from None
         return client
 
     async def _transaction(self, client: aiosmtplib.SMTP, message: OutboundMessage) -> Outcome:

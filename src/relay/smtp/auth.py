@@ -26,7 +26,11 @@ class Authenticator:
         expected = self._users.get(auth_data.login)
         # Compare against a dummy when the user is unknown, so timing does not reveal valid usernames.
         ok = hmac.compare_digest(expected or b"\0" * 32, auth_data.password) and expected is not None
-        return AuthResult(success=ok, auth_data=auth_data.login.decode(errors="replace") if ok else None)
+        # handled=False: aiosmtpd then answers a failure itself (535 5.7.8); with its default (handled=True) it
+        # sends nothing and the client waits for a reply until the session times out.
+        return AuthResult(
+            success=ok, handled=False, auth_data=auth_data.login.decode(errors="replace") if ok else None
+        )
 
 
 class NetworkPolicy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +26,9 @@ _DRIVERS = {
     "mariadb": "mysql+asyncmy",
 }
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# Alembic keeps its context in module globals, so two upgrades must never interleave in one process;
+# across processes the database lock in `upgrade()` serialises them.
+_upgrade_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def async_url(url: str) -> str:
@@ -52,6 +57,11 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
             kwargs["connect_args"] = {"timeout": 10} if self.dialect == "postgresql" else {"connect_timeout": 10}
+            if self.dialect in ("mysql", "mariadb"):
+                # InnoDB's default REPEATABLE READ makes the claim's SELECT … FOR UPDATE take gap locks on
+                # the next_attempt_at index, which deadlock with concurrent INSERTs of new mail (a 451 to
+                # the client) and with outcome writes. READ COMMITTED, PostgreSQL's default, locks rows only.
+                kwargs["isolation_level"] = "READ COMMITTED"
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
@@ -67,7 +77,8 @@ class Database:
 
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head; safe when several processes start at once."""
-        async with self.engine.connect() as connection:
+        lock = _upgrade_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock, self.engine.connect() as connection:
             if self.dialect in ("mysql", "mariadb"):
                 await connection.execute(sa.text("SELECT GET_LOCK('relay_migrations', 120)"))
             try:

@@ -113,7 +113,7 @@ class MessageQueue:
     async def status_counts(self) -> dict[str, int]:
         async with self._db.begin() as connection:
             rows = await connection.execute(sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status))
-            return dict(rows.tuples().all())
+            return {row[0]: row[1] for row in rows}
 
 
 def _queued(row: sa.Row[Any]) -> QueuedMessage:

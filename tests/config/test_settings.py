@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.config import PROVIDER_KINDS, load_settings
+from relay.errors import ConfigError, ProviderError
+from relay.providers import PROVIDERS, build_provider
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "relay.json"
+
+
+def write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "relay.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def problems(tmp_path: Path, data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, data))
+    return [str(p) for p in caught.value.problems]
+
+
+def example() -> dict[str, Any]:
+    return json.loads(EXAMPLE.read_text())
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(EXAMPLE)
+    assert [w.id for w in settings.workspaces] == ["sandbox-primary", "sandbox-secondary"]
+    assert settings.load_balancing_pools[0].workspaces[0].weight == 2.0
+
+
+def test_every_prd_field_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_TEST_MG_KEY", "key-123")
+    data = example()
+    data["workspaces"] += [
+        {"id": "gmail-workspace", "domains": ["joinmednet.net"], "display_name": "Gmail Workspace",
+         "load_balancing": {"enabled": True, "pools": ["invite-domain-pool"], "default_weight": 1.0,
+                            "min_capacity_threshold": 0.1},
+         "rate_limits": {"workspace_daily": 2000, "per_user_daily": 100,
+                         "custom_user_limits": {"Brian@Invite.com": 500}},
+         "gmail": {"service_account_file": "credentials/sa.json", "enabled": True, "default_sender": "a@b.org",
+                   "require_valid_sender": True, "base_url": "http://127.0.0.1:9999"}},
+        {"id": "mailgun-1", "domains": ["mg.example.org"],
+         "mailgun": {"api_key": "env:RELAY_TEST_MG_KEY", "region": "eu", "tracking": {"opens": True},
+                     "default_tags": ["t"], "header_rewrite": {"enabled": True,
+                                                               "rules": [{"header_name": "List-Unsubscribe"}]}}},
+        {"id": "mandrill-1", "domains": ["md.example.org"],
+         "mandrill": {"api_key": "k", "subaccount": "s", "tracking": {"opens": True, "clicks": True}}},
+        {"id": "smtp-1", "domains": ["smtp.example.org"],
+         "smtp": {"host": "smtp.example.org", "port": 465, "username": "u", "password": "p", "tls": "implicit"}},
+    ]
+    data["webhooks"] = [{"url": "https://hooks.example/relay", "secret": "s", "events": ["*"]}]
+    data["http"]["api_keys"] = [{"name": "ops", "key": "k", "role": "admin"}]
+    settings = load_settings(write(tmp_path, data))
+    gmail = settings.workspace("gmail-workspace")
+    assert gmail is not None
+    assert gmail.rate_limits.custom_user_limits == {"brian@invite.com": 500}
+    mailgun = settings.workspace("mailgun-1")
+    assert mailgun is not None and mailgun.mailgun is not None
+    assert mailgun.mailgun.api_key.get_secret_value() == "key-123"
+
+
+def test_problems_name_their_json_path(tmp_path: Path) -> None:
+    data = example()
+    data["load_balancing_pools"][0]["workspaces"].append({"workspace_id": "mailgn-1", "weight": 1})
+    assert problems(tmp_path, data) == [
+        'load_balancing_pools[0].workspaces[2].workspace_id: unknown workspace "mailgn-1"'
+    ]
+
+
+def test_every_structural_problem_is_reported_at_once(tmp_path: Path) -> None:
+    data = example()
+    data["smtp"]["port"] = "not-a-port"
+    data["smtp"]["users"][0]["password"] = "env:RELAY_TEST_UNSET_VARIABLE"
+    data["workspaces"][1]["sandbox"]["bogus"] = 1
+    data["workspaces"][0]["mailgun"] = {"api_key": "k"}
+    data["load_balancing_pools"][0]["domain_patterns"].append("not a domain")
+    found = problems(tmp_path, data)
+    assert "smtp.users[0].password: environment variable RELAY_TEST_UNSET_VARIABLE is not set" in found
+    assert "workspaces[1].sandbox.bogus: unknown field" in found
+    assert any(p.startswith("smtp.port: ") for p in found)
+    assert any(p.startswith("workspaces[0]: a workspace needs exactly one provider section") for p in found)
+    assert 'load_balancing_pools[0].domain_patterns[1]: "not a domain" is not a domain name' in found
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.update(fallback_workspace="nope"), 'fallback_workspace: unknown workspace "nope"'),
+        (lambda d: d["workspaces"][1]["domains"].append("joinmednet.org"),
+         'workspaces[1].domains[1]: domain "joinmednet.org" is already served by workspace "sandbox-primary"'),
+        (lambda d: d["workspaces"][1].update(id="sandbox-primary"),
+         'workspaces[1].id: duplicate workspace id "sandbox-primary"'),
+        (lambda d: d["workspaces"][0]["load_balancing"]["pools"].append("ghost"),
+         'workspaces[0].load_balancing.pools[1]: unknown pool "ghost"'),
+        (lambda d: d["load_balancing_pools"][0]["domain_patterns"].append("in*valid.com"),
+         'load_balancing_pools[0].domain_patterns[1]: "in*valid.com": a wildcard is only allowed as the first label '
+         '("*.example.org")'),
+        (lambda d: d["load_balancing_pools"][0].update(strategy="fastest"),
+         "load_balancing_pools[0].strategy: Input should be 'capacity_weighted', 'round_robin', 'least_used' or "
+         "'random_weighted'"),
+        (lambda d: d["workspaces"][0].update(sendgrid={"api_key": "k"}),
+         'workspaces[0]: provider kind "sendgrid" is not supported yet (use gmail, mailgun, mandrill, smtp or sandbox)'),
+        (lambda d: d.update(delivery={"lease_seconds": 10, "send_timeout_seconds": 20}),
+         "delivery: lease_seconds must be longer than send_timeout_seconds, or a slow send could be claimed and sent "
+         "again by another worker"),
+    ],
+)
+def test_cross_object_problems(tmp_path: Path, change: Any, expected: str) -> None:
+    data = example()
+    change(data)
+    assert expected in problems(tmp_path, data)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.json")
+    path = tmp_path / "broken.json"
+    path.write_text('{"smtp": {"port": 25,}}')
+    with pytest.raises(ConfigError, match=r"line 1 column 22"):
+        load_settings(path)
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_SMTP__PORT", "2626")
+    monkeypatch.setenv("RELAY_DATABASE_URL", "postgresql://db/relay")
+    monkeypatch.setenv("RELAY_SMTP__ALLOWED_NETWORKS", '["10.0.0.0/8"]')
+    settings = load_settings(EXAMPLE)
+    assert settings.smtp.port == 2626
+    assert settings.smtp.hostname == "relay.localhost"  # the rest of the section still comes from the file
+    assert settings.database_url == "postgresql://db/relay"
+    assert settings.smtp.allowed_networks == ["10.0.0.0/8"]
+
+
+def test_bad_environment_value_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_SMTP__PORT", "twenty")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(EXAMPLE)
+    assert [p.path for p in caught.value.problems] == ["smtp.port"]
+
+
+def test_previous_relay_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"SMTP_PORT": "2700", "SMTP_MAX_SIZE": "10485760", "SMTP_AUTH_USERNAME": "legacy",
+                        "SMTP_AUTH_PASSWORD": "pw", "MYSQL_HOST": "db.internal", "MYSQL_USER": "relay",
+                        "MYSQL_PASSWORD": "p@ss", "MYSQL_DATABASE": "relay", "QUEUE_MAX_RETRIES": "3"}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(EXAMPLE)
+    assert settings.smtp.port == 2700
+    assert settings.smtp.max_message_size == 10_485_760
+    assert [u.username for u in settings.smtp.users] == ["legacy"]
+    assert settings.database_url == "mysql://relay:p%40ss@db.internal:3306/relay"
+    assert settings.delivery.retry.max_attempts == 3
+    monkeypatch.setenv("RELAY_SMTP__PORT", "2800")  # Relay's own names win
+    assert load_settings(EXAMPLE).smtp.port == 2800
+
+
+def test_secrets_never_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_TEST_SECRET", "s3cr3t-value")
+    data = example()
+    data["smtp"]["users"][0]["password"] = "env:RELAY_TEST_SECRET"
+    settings = load_settings(write(tmp_path, data))
+    assert settings.smtp.users[0].password.get_secret_value() == "s3cr3t-value"
+    for shown in (repr(settings), str(settings), json.dumps(settings.redacted())):
+        assert "s3cr3t-value" not in shown
+
+
+def test_config_provider_kinds_match_the_registry() -> None:
+    assert set(PROVIDERS) <= set(PROVIDER_KINDS)
+    settings = load_settings(EXAMPLE)
+    assert build_provider(settings.workspaces[0]).kind == "sandbox"
+
+
+def test_a_provider_kind_without_an_implementation_is_refused_clearly(tmp_path: Path) -> None:
+    data = example()
+    data["workspaces"] = [{"id": "m", "domains": ["m.example.org"], "mandrill": {"api_key": "k"}}]
+    data["fallback_workspace"] = "m"
+    data["load_balancing_pools"] = []
+    workspace = load_settings(write(tmp_path, data)).workspaces[0]
+    if "mandrill" in PROVIDERS:
+        pytest.skip("mandrill is implemented")
+    with pytest.raises(ProviderError, match='workspace "m": provider kind "mandrill" is not available'):
+        build_provider(workspace)

@@ -1,0 +1,136 @@
+"""What each class of upstream answer does to a message, through a real upstream SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.runtime import Relay
+from relay.store import Messages
+from tests.support.net import async_wait_for
+from tests.support.relay import config, smtp_workspace, start_relay
+from tests.support.sink import SmtpSink
+
+MESSAGE = b"From: app@joinmednet.org\r\nTo: a@example.org\r\nSubject: outcome\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+async def relay(database_url: str, tmp_path: Path, sink: SmtpSink) -> AsyncIterator[Relay]:
+    workspace = smtp_workspace("upstream", ["joinmednet.org"], sink.port)
+    data = config(database_url, [workspace], delivery={"retry": {"base_seconds": 0.3, "max_attempts": 4,
+                                                                 "auth_recheck_seconds": 60}})
+    started = await start_relay(data, tmp_path)
+    yield started
+    await started.stop()
+
+
+async def submit(relay: Relay, recipients: list[str], raw: bytes = MESSAGE) -> str:
+    host, port = relay.smtp_address
+
+    def send() -> str:
+        with smtplib.SMTP(host, port) as client:
+            client.ehlo()
+            client.mail("app@joinmednet.org")
+            for recipient in recipients:
+                client.rcpt(recipient)
+            code, reply = client.data(raw)
+        assert code == 250, reply
+        return reply.decode().rsplit(" ", 1)[1]
+
+    return await asyncio.to_thread(send)
+
+
+async def settled(relay: Relay, message_id: str, status: str, timeout: float = 15) -> Any:
+    messages = Messages(relay.db)
+
+    async def reached() -> Any:
+        view = await messages.get(message_id)
+        return view if view is not None and view.status == status else None
+
+    return await async_wait_for(reached, timeout=timeout, what=f"message {message_id} to be {status}")
+
+
+async def test_temporary_failures_back_off_then_deliver(relay: Relay, sink: SmtpSink) -> None:
+    sink.behaviour.data_replies = ["451 4.3.0 Try again later", "451 4.3.0 Try again later"]
+    message_id = await submit(relay, ["a@example.org"])
+    view = await settled(relay, message_id, "sent")
+    attempts = await Messages(relay.db).attempts(message_id)
+    assert [(a.attempt_number, a.outcome, a.provider_status) for a in attempts] == [
+        (1, "retry", "451"), (2, "retry", "451"), (3, "sent", "250")
+    ]
+    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[0] >= 0.15 - 0.01  # first retry: at least half of base_seconds (0.3)
+    assert gaps[1] >= 0.30 - 0.01  # second retry: at least half of twice the base
+    assert view.attempts == 3
+    assert len(sink.received()) == 1
+    assert attempts[-1].provider_message_id == "SINK1"
+
+
+async def test_unknown_recipient_fails_without_retry(relay: Relay, sink: SmtpSink) -> None:
+    sink.behaviour.rcpt_replies["nobody@example.org"] = "550 5.1.1 No such user"
+    message_id = await submit(relay, ["nobody@example.org"])
+    view = await settled(relay, message_id, "failed")
+    assert view.last_error is not None and "5.1.1" in view.last_error
+    assert [a.outcome for a in await Messages(relay.db).attempts(message_id)] == ["permanent"]
+    assert view.next_attempt_at is None
+    assert sink.received() == []
+
+
+async def test_partial_refusal_delivers_the_rest_and_retries_only_the_deferred(relay: Relay, sink: SmtpSink) -> None:
+    sink.behaviour.rcpt_replies["later@example.org"] = "450 4.2.0 Mailbox busy"
+    sink.behaviour.rcpt_replies["gone@example.org"] = "550 5.1.1 No such user"
+    message_id = await submit(relay, ["now@example.org", "later@example.org", "gone@example.org"])
+    await async_wait_for(lambda: len(sink.received()) == 1, what="first delivery")
+    assert sink.received()[0].rcpt_tos == ["now@example.org"]
+    del sink.behaviour.rcpt_replies["later@example.org"]
+    await settled(relay, message_id, "sent")
+    assert [r.rcpt_tos for r in sink.received()] == [["now@example.org"], ["later@example.org"]]
+
+
+async def test_refused_credentials_break_the_workspace_and_keep_the_message(
+    database_url: str, tmp_path: Path
+) -> None:
+    with SmtpSink(users={"relay": "right-password"}) as upstream:
+        workspace = smtp_workspace("gmail-relay", ["joinmednet.org"], upstream.port, username="relay",
+                                   password="wrong-password")
+        data = config(database_url, [workspace], delivery={"retry": {"auth_recheck_seconds": 3600}})
+        relay = await start_relay(data, tmp_path)
+        try:
+            first = await submit(relay, ["a@example.org"])
+            view = await settled(relay, first, "deferred")
+            assert view.last_error is not None and "535" in view.last_error
+            state = (await relay.states.all())["gmail-relay"]
+            assert state.state == "broken" and "535" in (state.reason or "")
+            # Later mail for the broken workspace waits for the re-check instead of hammering the upstream.
+            second = await submit(relay, ["b@example.org"])
+            later = await settled(relay, second, "deferred")
+            assert later.last_error == f'workspace "gmail-relay" is broken: {state.reason}'
+            assert await Messages(relay.db).attempts(second) == []
+            assert [a.outcome for a in await Messages(relay.db).attempts(first)] == ["auth"]
+            assert upstream.received() == []
+        finally:
+            await relay.stop()
+
+
+async def test_retries_end_in_failed_after_max_attempts(relay: Relay, sink: SmtpSink) -> None:
+    sink.behaviour.data_replies = ["421 4.4.2 Timeout"] * 10
+    message_id = await submit(relay, ["a@example.org"])
+    view = await settled(relay, message_id, "failed", timeout=30)
+    assert view.attempts == 4
+    assert view.last_error is not None and view.last_error.startswith("gave up after 4 attempts: 421")
+
+
+async def test_bcc_and_private_headers_never_reach_the_upstream(relay: Relay, sink: SmtpSink) -> None:
+    raw = (b"From: app@joinmednet.org\r\nTo: a@example.org\r\nBcc: secret@example.org\r\n"
+           b"X-MC-Tags: invite\r\nX-MC-Metadata: {\"invitation_id\": \"7\"}\r\nSubject: s\r\n\r\nbody\r\n")
+    message_id = await submit(relay, ["a@example.org", "secret@example.org"], raw)
+    view = await settled(relay, message_id, "sent")
+    [received] = sink.received()
+    assert received.rcpt_tos == ["a@example.org", "secret@example.org"]
+    assert received.data == b"From: app@joinmednet.org\r\nTo: a@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    assert view.metadata == {"tags": ["invite"], "metadata": {"invitation_id": "7"}}
