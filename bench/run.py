@@ -66,15 +66,30 @@ def run(backend: str, database_url: str, workdir: Path, args: argparse.Namespace
     config_path = workdir / f"relay-{backend}.json"
     config_path.write_text(json.dumps(config))
     log = (workdir / f"relay-{backend}.log").open("wb")
-    relay = subprocess.Popen([sys.executable, "-m", "relay.cli", "serve", "--config", str(config_path)],
-                             stdout=log, stderr=subprocess.STDOUT)
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "serve", "--config", str(config_path)], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_port(port)
         started = time.perf_counter()
         subprocess.run(
-            ["smtp-source", "-c", "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size),
-             "-f", "bench@joinmednet.org", "-t", "sink@example.org", f"127.0.0.1:{port}"],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                "smtp-source",
+                "-c",
+                "-s",
+                str(args.sessions),
+                "-m",
+                str(args.messages),
+                "-l",
+                str(args.size),
+                "-f",
+                "bench@joinmednet.org",
+                "-t",
+                "sink@example.org",
+                f"127.0.0.1:{port}",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         accepted = time.perf_counter() - started
         deadline = time.monotonic() + 600
@@ -114,9 +129,11 @@ def main() -> None:
         if url:
             results.append(run("postgresql", url, workdir, args))
     for r in results:
-        print(f"{r['backend']:>10}: accepted {r['messages']} in {r['accept_seconds']} s "
-              f"({r['accept_per_second']}/s, {r['sessions']} sessions, {r['size']} B); "
-              f"delivered {r['delivered']} end to end at {r['end_to_end_per_second']}/s")
+        print(
+            f"{r['backend']:>10}: accepted {r['messages']} in {r['accept_seconds']} s "
+            f"({r['accept_per_second']}/s, {r['sessions']} sessions, {r['size']} B); "
+            f"delivered {r['delivered']} end to end at {r['end_to_end_per_second']}/s"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2))

@@ -39,21 +39,50 @@ def test_every_prd_field_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("RELAY_TEST_MG_KEY", "key-123")
     data = example()
     data["workspaces"] += [
-        {"id": "gmail-workspace", "domains": ["joinmednet.net"], "display_name": "Gmail Workspace",
-         "load_balancing": {"enabled": True, "pools": ["invite-domain-pool"], "default_weight": 1.0,
-                            "min_capacity_threshold": 0.1},
-         "rate_limits": {"workspace_daily": 2000, "per_user_daily": 100,
-                         "custom_user_limits": {"Brian@Invite.com": 500}},
-         "gmail": {"service_account_file": "credentials/sa.json", "enabled": True, "default_sender": "a@b.org",
-                   "require_valid_sender": True, "base_url": "http://127.0.0.1:9999"}},
-        {"id": "mailgun-1", "domains": ["mg.example.org"],
-         "mailgun": {"api_key": "env:RELAY_TEST_MG_KEY", "region": "eu", "tracking": {"opens": True},
-                     "default_tags": ["t"], "header_rewrite": {"enabled": True,
-                                                               "rules": [{"header_name": "List-Unsubscribe"}]}}},
-        {"id": "mandrill-1", "domains": ["md.example.org"],
-         "mandrill": {"api_key": "k", "subaccount": "s", "tracking": {"opens": True, "clicks": True}}},
-        {"id": "smtp-1", "domains": ["smtp.example.org"],
-         "smtp": {"host": "smtp.example.org", "port": 465, "username": "u", "password": "p", "tls": "implicit"}},
+        {
+            "id": "gmail-workspace",
+            "domains": ["joinmednet.net"],
+            "display_name": "Gmail Workspace",
+            "load_balancing": {
+                "enabled": True,
+                "pools": ["invite-domain-pool"],
+                "default_weight": 1.0,
+                "min_capacity_threshold": 0.1,
+            },
+            "rate_limits": {
+                "workspace_daily": 2000,
+                "per_user_daily": 100,
+                "custom_user_limits": {"Brian@Invite.com": 500},
+            },
+            "gmail": {
+                "service_account_file": "credentials/sa.json",
+                "enabled": True,
+                "default_sender": "a@b.org",
+                "require_valid_sender": True,
+                "base_url": "http://127.0.0.1:9999",
+            },
+        },
+        {
+            "id": "mailgun-1",
+            "domains": ["mg.example.org"],
+            "mailgun": {
+                "api_key": "env:RELAY_TEST_MG_KEY",
+                "region": "eu",
+                "tracking": {"opens": True},
+                "default_tags": ["t"],
+                "header_rewrite": {"enabled": True, "rules": [{"header_name": "List-Unsubscribe"}]},
+            },
+        },
+        {
+            "id": "mandrill-1",
+            "domains": ["md.example.org"],
+            "mandrill": {"api_key": "k", "subaccount": "s", "tracking": {"opens": True, "clicks": True}},
+        },
+        {
+            "id": "smtp-1",
+            "domains": ["smtp.example.org"],
+            "smtp": {"host": "smtp.example.org", "port": 465, "username": "u", "password": "p", "tls": "implicit"},
+        },
     ]
     data["webhooks"] = [{"url": "https://hooks.example/relay", "secret": "s", "events": ["*"]}]
     data["http"]["api_keys"] = [{"name": "ops", "key": "k", "role": "admin"}]
@@ -93,23 +122,38 @@ def test_every_structural_problem_is_reported_at_once(tmp_path: Path) -> None:
     ("change", "expected"),
     [
         (lambda d: d.update(fallback_workspace="nope"), 'fallback_workspace: unknown workspace "nope"'),
-        (lambda d: d["workspaces"][1]["domains"].append("joinmednet.org"),
-         'workspaces[1].domains[1]: domain "joinmednet.org" is already served by workspace "sandbox-primary"'),
-        (lambda d: d["workspaces"][1].update(id="sandbox-primary"),
-         'workspaces[1].id: duplicate workspace id "sandbox-primary"'),
-        (lambda d: d["workspaces"][0]["load_balancing"]["pools"].append("ghost"),
-         'workspaces[0].load_balancing.pools[1]: unknown pool "ghost"'),
-        (lambda d: d["load_balancing_pools"][0]["domain_patterns"].append("in*valid.com"),
-         'load_balancing_pools[0].domain_patterns[1]: "in*valid.com": a wildcard is only allowed as the first label '
-         '("*.example.org")'),
-        (lambda d: d["load_balancing_pools"][0].update(strategy="fastest"),
-         "load_balancing_pools[0].strategy: Input should be 'capacity_weighted', 'round_robin', 'least_used' or "
-         "'random_weighted'"),
-        (lambda d: d["workspaces"][0].update(sendgrid={"api_key": "k"}),
-         'workspaces[0]: provider kind "sendgrid" is not supported yet (use gmail, mailgun, mandrill, smtp or sandbox)'),
-        (lambda d: d.update(delivery={"lease_seconds": 10, "send_timeout_seconds": 20}),
-         "delivery: lease_seconds must be longer than send_timeout_seconds, or a slow send could be claimed and sent "
-         "again by another worker"),
+        (
+            lambda d: d["workspaces"][1]["domains"].append("joinmednet.org"),
+            'workspaces[1].domains[1]: domain "joinmednet.org" is already served by workspace "sandbox-primary"',
+        ),
+        (
+            lambda d: d["workspaces"][1].update(id="sandbox-primary"),
+            'workspaces[1].id: duplicate workspace id "sandbox-primary"',
+        ),
+        (
+            lambda d: d["workspaces"][0]["load_balancing"]["pools"].append("ghost"),
+            'workspaces[0].load_balancing.pools[1]: unknown pool "ghost"',
+        ),
+        (
+            lambda d: d["load_balancing_pools"][0]["domain_patterns"].append("in*valid.com"),
+            'load_balancing_pools[0].domain_patterns[1]: "in*valid.com": a wildcard is only allowed as the first label '
+            '("*.example.org")',
+        ),
+        (
+            lambda d: d["load_balancing_pools"][0].update(strategy="fastest"),
+            "load_balancing_pools[0].strategy: Input should be 'capacity_weighted', 'round_robin', 'least_used' or "
+            "'random_weighted'",
+        ),
+        (
+            lambda d: d["workspaces"][0].update(sendgrid={"api_key": "k"}),
+            'workspaces[0]: provider kind "sendgrid" is not supported yet '
+            "(use gmail, mailgun, mandrill, smtp or sandbox)",
+        ),
+        (
+            lambda d: d.update(delivery={"lease_seconds": 10, "send_timeout_seconds": 20}),
+            "delivery: lease_seconds must be longer than send_timeout_seconds, "
+            "or a slow send could be claimed and sent again by another worker",
+        ),
     ],
 )
 def test_cross_object_problems(tmp_path: Path, change: Any, expected: str) -> None:
@@ -146,9 +190,17 @@ def test_bad_environment_value_names_the_path(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_previous_relay_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"SMTP_PORT": "2700", "SMTP_MAX_SIZE": "10485760", "SMTP_AUTH_USERNAME": "legacy",
-                        "SMTP_AUTH_PASSWORD": "pw", "MYSQL_HOST": "db.internal", "MYSQL_USER": "relay",
-                        "MYSQL_PASSWORD": "p@ss", "MYSQL_DATABASE": "relay", "QUEUE_MAX_RETRIES": "3"}.items():
+    for name, value in {
+        "SMTP_PORT": "2700",
+        "SMTP_MAX_SIZE": "10485760",
+        "SMTP_AUTH_USERNAME": "legacy",
+        "SMTP_AUTH_PASSWORD": "pw",
+        "MYSQL_HOST": "db.internal",
+        "MYSQL_USER": "relay",
+        "MYSQL_PASSWORD": "p@ss",
+        "MYSQL_DATABASE": "relay",
+        "QUEUE_MAX_RETRIES": "3",
+    }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(EXAMPLE)
     assert settings.smtp.port == 2700

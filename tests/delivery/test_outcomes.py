@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import smtplib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,11 @@ MESSAGE = b"From: app@joinmednet.org\r\nTo: a@example.org\r\nSubject: outcome\r\
 @pytest.fixture
 async def relay(database_url: str, tmp_path: Path, sink: SmtpSink) -> AsyncIterator[Relay]:
     workspace = smtp_workspace("upstream", ["joinmednet.org"], sink.port)
-    data = config(database_url, [workspace], delivery={"retry": {"base_seconds": 0.3, "max_attempts": 4,
-                                                                 "auth_recheck_seconds": 60}})
+    data = config(
+        database_url,
+        [workspace],
+        delivery={"retry": {"base_seconds": 0.3, "max_attempts": 4, "auth_recheck_seconds": 60}},
+    )
     started = await start_relay(data, tmp_path)
     yield started
     await started.stop()
@@ -61,9 +65,11 @@ async def test_temporary_failures_back_off_then_deliver(relay: Relay, sink: Smtp
     view = await settled(relay, message_id, "sent")
     attempts = await Messages(relay.db).attempts(message_id)
     assert [(a.attempt_number, a.outcome, a.provider_status) for a in attempts] == [
-        (1, "retry", "451"), (2, "retry", "451"), (3, "sent", "250")
+        (1, "retry", "451"),
+        (2, "retry", "451"),
+        (3, "sent", "250"),
     ]
-    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.15 - 0.01  # first retry: at least half of base_seconds (0.3)
     assert gaps[1] >= 0.30 - 0.01  # second retry: at least half of twice the base
     assert view.attempts == 3
@@ -92,12 +98,11 @@ async def test_partial_refusal_delivers_the_rest_and_retries_only_the_deferred(r
     assert [r.rcpt_tos for r in sink.received()] == [["now@example.org"], ["later@example.org"]]
 
 
-async def test_refused_credentials_break_the_workspace_and_keep_the_message(
-    database_url: str, tmp_path: Path
-) -> None:
+async def test_refused_credentials_break_the_workspace_and_keep_the_message(database_url: str, tmp_path: Path) -> None:
     with SmtpSink(users={"relay": "right-password"}) as upstream:
-        workspace = smtp_workspace("gmail-relay", ["joinmednet.org"], upstream.port, username="relay",
-                                   password="wrong-password")
+        workspace = smtp_workspace(
+            "gmail-relay", ["joinmednet.org"], upstream.port, username="relay", password="wrong-password"
+        )
         data = config(database_url, [workspace], delivery={"retry": {"auth_recheck_seconds": 3600}})
         relay = await start_relay(data, tmp_path)
         try:
@@ -126,8 +131,10 @@ async def test_retries_end_in_failed_after_max_attempts(relay: Relay, sink: Smtp
 
 
 async def test_bcc_and_private_headers_never_reach_the_upstream(relay: Relay, sink: SmtpSink) -> None:
-    raw = (b"From: app@joinmednet.org\r\nTo: a@example.org\r\nBcc: secret@example.org\r\n"
-           b"X-MC-Tags: invite\r\nX-MC-Metadata: {\"invitation_id\": \"7\"}\r\nSubject: s\r\n\r\nbody\r\n")
+    raw = (
+        b"From: app@joinmednet.org\r\nTo: a@example.org\r\nBcc: secret@example.org\r\n"
+        b'X-MC-Tags: invite\r\nX-MC-Metadata: {"invitation_id": "7"}\r\nSubject: s\r\n\r\nbody\r\n'
+    )
     message_id = await submit(relay, ["a@example.org", "secret@example.org"], raw)
     view = await settled(relay, message_id, "sent")
     [received] = sink.received()

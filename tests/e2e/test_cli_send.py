@@ -15,9 +15,22 @@ async def test_relay_send_delivers_a_test_message(sqlite_url: str, tmp_path: Pat
     try:
         host, port = relay.smtp_address
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.cli", "send", "--from", "brian@joinmednet.org", "--to", "a@example.org",
-            "--to", "b@example.org", "--subject", "Hello from the CLI", "--server", f"{host}:{port}",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "send",
+            "--from",
+            "brian@joinmednet.org",
+            "--to",
+            "a@example.org",
+            "--to",
+            "b@example.org",
+            "--subject",
+            "Hello from the CLI",
+            "--server",
+            f"{host}:{port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await process.communicate()
         assert process.returncode == 0, stderr.decode()
@@ -35,8 +48,18 @@ async def test_relay_send_reports_a_refusal(sqlite_url: str, tmp_path: Path, out
     try:
         host, port = relay.smtp_address
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.cli", "send", "--from", "brian@unserved.example", "--to", "a@example.org",
-            "--server", f"{host}:{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "send",
+            "--from",
+            "brian@unserved.example",
+            "--to",
+            "a@example.org",
+            "--server",
+            f"{host}:{port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         _, stderr = await process.communicate()
         assert process.returncode == 1

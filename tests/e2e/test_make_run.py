@@ -32,13 +32,19 @@ def test_make_run_in_a_fresh_clone_accepts_and_delivers(tmp_path: Path) -> None:
     clone = tmp_path / "relay"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     smtp_port, http_port = free_port(), free_port()
-    env = {**os.environ, "RELAY_SMTP__PORT": str(smtp_port), "RELAY_HTTP__PORT": str(http_port),
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {
+        **os.environ,
+        "RELAY_SMTP__PORT": str(smtp_port),
+        "RELAY_HTTP__PORT": str(http_port),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
     env.pop("VIRTUAL_ENV", None)
     log = (tmp_path / "make-run.log").open("wb")
-    make = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    make = subprocess.Popen(
+        ["make", "run"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
+
         def listening() -> bool:
             if make.poll() is not None:
                 raise AssertionError(f"make run exited with {make.returncode}:\n{_read(tmp_path)}")
@@ -46,10 +52,26 @@ def test_make_run_in_a_fresh_clone_accepts_and_delivers(tmp_path: Path) -> None:
 
         wait_for(listening, timeout=600, interval=0.5, what="make run to create .venv, install and listen")
         swaks = subprocess.run(
-            ["swaks", "--server", f"127.0.0.1:{smtp_port}", "--from", "brian@invite.com",
-             "--to", "someone@example.org", "--auth", "PLAIN", "--auth-user", "app",
-             "--auth-password", "app-password", "--header", "Subject: quick start"],
-            capture_output=True, text=True, timeout=60,
+            [
+                "swaks",
+                "--server",
+                f"127.0.0.1:{smtp_port}",
+                "--from",
+                "brian@invite.com",
+                "--to",
+                "someone@example.org",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "app",
+                "--auth-password",
+                "app-password",
+                "--header",
+                "Subject: quick start",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         match = re.search(r"<-  250 2\.0\.0 Ok: queued as (\w+)", swaks.stdout)
         assert match, swaks.stdout + swaks.stderr

@@ -10,9 +10,9 @@ MESSAGE = (
     b"To: a@example.org\r\n"
     b"Bcc: hidden@example.org,\r\n"
     b"\tother-hidden@example.org\r\n"
-    b"X-MC-Tags: [\"invite\", \"conf\"]\r\n"
-    b"X-MC-Metadata: {\"invitation_id\": \"42\",\r\n"
-    b" \"email_type\": \"invite\"}\r\n"
+    b'X-MC-Tags: ["invite", "conf"]\r\n'
+    b'X-MC-Metadata: {"invitation_id": "42",\r\n'
+    b' "email_type": "invite"}\r\n'
     b"Subject: =?utf-8?q?caf=C3=A9?=\r\n"
     b"\r\n"
     b"Bcc: this line is body text, not a header\r\n"

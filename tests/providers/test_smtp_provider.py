@@ -176,6 +176,18 @@ async def test_wrong_password_at_auth_is_an_auth_outcome(provider_for: Any) -> N
         assert sink.mail_count == 0
 
 
+async def test_credentials_for_a_server_without_auth_break_the_workspace(
+    tracing_sink: TracingSink, provider_for: Any
+) -> None:
+    provider = provider_for(settings(tracing_sink.port, username="relay", password="secret"))
+
+    outcome = await provider.send(message())
+
+    assert outcome.kind == "auth", outcome
+    assert outcome.response == "the upstream server does not offer AUTH before TLS (check `tls` and `port`)"
+    assert tracing_sink.mail_count == 0
+
+
 async def test_temporary_auth_failure_454_is_a_retry(provider_for: Any) -> None:
     with TracingSink(users={"relay": "right"}) as sink:
         # aiosmtplib tries each advertised mechanism in turn, so script the answer for both (LOGIN, PLAIN).

@@ -36,8 +36,11 @@ def test_exact_entry_beats_wildcard_and_longest_wildcard_wins() -> None:
 
 
 @settings(derandomize=True, max_examples=200)
-@given(patterns=st.lists(st.tuples(st.booleans(), domains), min_size=1, max_size=8), probe=domains,
-       prefix=st.lists(label, max_size=2))
+@given(
+    patterns=st.lists(st.tuples(st.booleans(), domains), min_size=1, max_size=8),
+    probe=domains,
+    prefix=st.lists(label, max_size=2),
+)
 def test_table_agrees_with_pattern_matches(patterns: list[tuple[bool, str]], probe: str, prefix: list[str]) -> None:
     entries = [("*." + d if wild else d) for wild, d in patterns]
     table = DomainTable((p, p) for p in entries)

@@ -14,8 +14,12 @@ def settings(**extra: Any) -> Settings:
             {"id": "pooled", "domains": ["pooled.org"], "sandbox": {}},
         ],
         "load_balancing_pools": [
-            {"id": "invite", "name": "Invite", "domain_patterns": ["invite.com", "*.mednet.org", "disabled.org"],
-             "workspaces": [{"workspace_id": "pooled"}]},
+            {
+                "id": "invite",
+                "name": "Invite",
+                "domain_patterns": ["invite.com", "*.mednet.org", "disabled.org"],
+                "workspaces": [{"workspace_id": "pooled"}],
+            },
             {"id": "paused", "name": "Paused", "domain_patterns": ["paused.com"], "enabled": False},
         ],
         "fallback_workspace": "direct",

@@ -16,7 +16,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> T:
+def wait_for(
+    condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -28,8 +30,9 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: flo
         time.sleep(interval)
 
 
-async def async_wait_for(condition: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.02,
-                         what: str = "condition") -> object:
+async def async_wait_for(
+    condition: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> object:
     """`wait_for` for async tests: `condition` may be a plain function or return an awaitable."""
     import asyncio
     import inspect

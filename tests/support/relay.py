@@ -21,20 +21,27 @@ def sandbox_workspace(workspace_id: str, domains: list[str], outbox: Path, **san
 
 
 def smtp_workspace(workspace_id: str, domains: list[str], port: int, **smtp: Any) -> dict[str, Any]:
-    return {"id": workspace_id, "domains": domains,
-            "smtp": {"host": "127.0.0.1", "port": port, "tls": "none", **smtp}}
+    return {"id": workspace_id, "domains": domains, "smtp": {"host": "127.0.0.1", "port": port, "tls": "none", **smtp}}
 
 
 def config(database_url: str, workspaces: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
     """A complete config: SMTP on a free port, no HTTP port clash, fast delivery timings for tests."""
     data: dict[str, Any] = {
-        "smtp": {"host": "127.0.0.1", "port": free_port(), "hostname": "relay.test",
-                 "allowed_networks": ["127.0.0.0/8"]},
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "hostname": "relay.test",
+            "allowed_networks": ["127.0.0.0/8"],
+        },
         "http": {"host": "127.0.0.1", "port": free_port()},
         "database_url": database_url,
         "workspaces": workspaces,
-        "delivery": {"poll_interval_seconds": 0.2, "lease_seconds": 30, "send_timeout_seconds": 10,
-                     "retry": {"base_seconds": 0.2, "max_seconds": 2}},
+        "delivery": {
+            "poll_interval_seconds": 0.2,
+            "lease_seconds": 30,
+            "send_timeout_seconds": 10,
+            "retry": {"base_seconds": 0.2, "max_seconds": 2},
+        },
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -84,7 +91,10 @@ class RelayProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config_path)],
-            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         log.close()
 

@@ -85,8 +85,9 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self, *, users: dict[str, str] | None = None, tls_context: ssl.SSLContext | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, *, users: dict[str, str] | None = None, tls_context: ssl.SSLContext | None = None, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.lock = threading.Lock()
         self.messages: list[Received] = []
@@ -96,12 +97,14 @@ class SmtpSink:
         self.users = users or {}
         kwargs: dict[str, Any] = {}
         if users is not None:
-            kwargs.update(authenticator=self._authenticate, auth_require_tls=tls_context is not None,
-                          auth_required=True)
+            kwargs.update(
+                authenticator=self._authenticate, auth_require_tls=tls_context is not None, auth_required=True
+            )
         if tls_context is not None:
             kwargs["tls_context"] = tls_context
-        self._controller = Controller(SinkHandler(self), hostname="127.0.0.1", port=self.port,
-                                      data_size_limit=64 * 1024 * 1024, **kwargs)
+        self._controller = Controller(
+            SinkHandler(self), hostname="127.0.0.1", port=self.port, data_size_limit=64 * 1024 * 1024, **kwargs
+        )
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         if isinstance(data, LoginPassword) and self.users.get(data.login.decode()) == data.password.decode():

@@ -98,6 +98,12 @@ class SmtpProvider:
         )
         await client.connect()
         if s.username is not None and s.password is not None:
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+            if not client.supports_extension("auth"):
+                hint = "" if client.get_transport_info("sslcontext") else " before TLS (check `tls` and `port`)"
+                _close(client)
+                raise _RejectedError(Outcome("auth", response=f"the upstream server does not offer AUTH{hint}"))
             try:
                 await client.login(s.username, s.password.get_secret_value())
             except aiosmtplib.SMTPAuthenticationError as exc:
@@ -114,7 +120,7 @@ class SmtpProvider:
         options = []
         if client.supports_extension("size"):
             options.append(f"SIZE={len(message.data)}")
-        if client.supports_extension("8bitmime") and any(b > 127 for b in message.data):
+        if client.supports_extension("8bitmime") and not message.data.isascii():
             options.append("BODY=8BITMIME")
         try:
             await client.mail(message.mail_from, options=options)

@@ -28,9 +28,7 @@ class Authenticator:
         ok = hmac.compare_digest(expected or b"\0" * 32, auth_data.password) and expected is not None
         # handled=False: aiosmtpd then answers a failure itself (535 5.7.8); with its default (handled=True) it
         # sends nothing and the client waits for a reply until the session times out.
-        return AuthResult(
-            success=ok, handled=False, auth_data=auth_data.login.decode(errors="replace") if ok else None
-        )
+        return AuthResult(success=ok, handled=False, auth_data=auth_data.login.decode(errors="replace") if ok else None)
 
 
 class NetworkPolicy:
