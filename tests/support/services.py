@@ -10,9 +10,11 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,27 +70,50 @@ async def _mariadb(statement: str) -> None:
         connection.close()
 
 
+@dataclass(frozen=True)
+class _Server:
+    name: str
+    host: str
+    port: int
+    run: Callable[[str], Coroutine[Any, Any, None]]
+    create: str
+    drop: str
+    url: str
+
+
+_SERVERS = {
+    "postgresql": _Server(
+        "PostgreSQL",
+        POSTGRES_HOST,
+        POSTGRES_PORT,
+        _postgres,
+        'CREATE DATABASE "{name}"',
+        'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{{name}}",
+    ),
+    "mariadb": _Server(
+        "MariaDB",
+        MARIADB_HOST,
+        MARIADB_PORT,
+        _mariadb,
+        "CREATE DATABASE `{name}`",
+        "DROP DATABASE IF EXISTS `{name}`",
+        f"mysql://{MARIADB_USER}@{MARIADB_HOST}:{MARIADB_PORT}/{{name}}",
+    ),
+}
+
+
 @contextmanager
 def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
     """A database URL for an empty database of `backend`, removed when the block ends."""
-    name = f"relay_t_{uuid.uuid4().hex[:12]}"
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'relay.db'}"
         return
-    if backend == "postgresql":
-        require("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
-        asyncio.run(_postgres(f'CREATE DATABASE "{name}"'))
-        try:
-            yield f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
-        finally:
-            asyncio.run(_postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        return
-    if backend == "mariadb":
-        require("MariaDB", MARIADB_HOST, MARIADB_PORT)
-        asyncio.run(_mariadb(f"CREATE DATABASE `{name}`"))
-        try:
-            yield f"mysql://{MARIADB_USER}@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
-        finally:
-            asyncio.run(_mariadb(f"DROP DATABASE IF EXISTS `{name}`"))
-        return
-    raise ValueError(backend)
+    server = _SERVERS[backend]
+    require(server.name, server.host, server.port)
+    name = f"relay_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(server.run(server.create.format(name=name)))
+    try:
+        yield server.url.format(name=name)
+    finally:
+        asyncio.run(server.run(server.drop.format(name=name)))
