@@ -174,11 +174,11 @@ class DeliveryWorker:
             provider_response=outcome.response,
             provider_message_id=outcome.provider_message_id,
         )
-        await self._update_workspace_state(workspace_id, state, outcome, finished)
         transition = self._transition(message, outcome, finished)
-        if not await self._queue.complete(message, attempt, transition):
+        if not await self._record(message, attempt, transition):
             log.warning("delivery.lease_lost", message_id=message.id, workspace_id=workspace_id)
             return
+        await self._update_workspace_state(workspace_id, state, outcome, finished)
         log.info(
             "delivery.attempt",
             message_id=message.id,
@@ -188,6 +188,24 @@ class DeliveryWorker:
             attempt=message.attempts + 1,
             result=type(transition).__name__.lower(),
         )
+
+    async def _record(self, message: QueuedMessage, attempt: AttemptRecord, transition: Transition) -> bool:
+        """Write the outcome of a send that already happened, retrying while the database is away.
+
+        Giving up early would let the lease expire and the message be sent a second time, so this keeps
+        trying for half the lease, backing off up to 5 s between tries.
+        """
+        deadline = self._clock.monotonic() + self._lease_seconds / 2
+        pause = 0.2
+        while True:
+            try:
+                return await self._queue.complete(message, attempt, transition)
+            except Exception as exc:
+                if self._clock.monotonic() + pause > deadline:
+                    raise
+                log.warning("delivery.record_retry", message_id=message.id, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _workspace_for(self, message: QueuedMessage) -> str | None:
         route = self._router.route(message.mail_from)
