@@ -16,7 +16,7 @@ import uvicorn
 
 from .api import create_app
 from .clock import Clock, SystemClock
-from .config import Settings
+from .config import Settings, SmtpSettings
 from .delivery import DeliveryWorker, RetryPolicy
 from .providers import Provider, build_provider
 from .routing import Router
@@ -88,6 +88,7 @@ class Relay:
         )
         self.ingest.on_commit(self.worker.notify)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
+        smtp_settings = await self._fit_message_size(s.smtp)
         handler = RelayHandler(
             router=router,
             ingest=self.ingest,
@@ -95,7 +96,7 @@ class Relay:
             max_recipients=s.smtp.max_recipients,
             clock=self.clock,
         )
-        self._smtp = await start_smtp_server(s.smtp, handler)
+        self._smtp = await start_smtp_server(smtp_settings, handler)
         if self._http_enabled:
             await self._start_http()
         log.info(
@@ -106,6 +107,21 @@ class Relay:
             workspaces=len(self.providers),
             owner=self.owner,
         )
+
+    async def _fit_message_size(self, smtp: SmtpSettings) -> SmtpSettings:
+        """Never advertise a SIZE the database cannot store: a message MariaDB refuses would get 451 forever."""
+        packet = await self.db.max_packet_bytes()
+        headroom = 1 << 20  # the rest of the row and the statement
+        if packet is None or smtp.max_message_size + headroom <= packet:
+            return smtp
+        fitted = max(packet - headroom, 1024)
+        log.warning(
+            "smtp.max_message_size_lowered",
+            configured=smtp.max_message_size,
+            effective=fitted,
+            reason=f"the database's max_allowed_packet is {packet} bytes; raise it to accept larger messages",
+        )
+        return smtp.model_copy(update={"max_message_size": fitted})
 
     async def _start_http(self) -> None:
         config = uvicorn.Config(
@@ -141,12 +157,9 @@ class Relay:
         await self.ingest.stop()
         if self._http is not None:
             self._http.should_exit = True
-        for task in self._tasks:
-            if task.get_name() != "relay-http":
-                task.cancel()
+        if self.worker is not None:
+            self.worker.stop()  # sends in flight finish and are recorded; unstarted claims are given back
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.queue.release_leases(self.owner)  # in-flight sends were cancelled: make them due again
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.aclose()

@@ -26,7 +26,9 @@ async def relay(database_url: str, tmp_path: Path, sink: SmtpSink) -> AsyncItera
     data = config(
         database_url,
         [workspace],
-        delivery={"retry": {"base_seconds": 0.3, "max_attempts": 4, "auth_recheck_seconds": 60}},
+        delivery={
+            "retry": {"base_seconds": 0.3, "max_attempts": 4, "quota_retry_seconds": 0.2, "auth_recheck_seconds": 60}
+        },
     )
     started = await start_relay(data, tmp_path)
     yield started
@@ -96,6 +98,17 @@ async def test_partial_refusal_delivers_the_rest_and_retries_only_the_deferred(r
     del sink.behaviour.rcpt_replies["later@example.org"]
     await settled(relay, message_id, "sent")
     assert [r.rcpt_tos for r in sink.received()] == [["now@example.org"], ["later@example.org"]]
+    # The permanent refusal of one recipient is not lost: it stays on the message and its first attempt.
+    first = (await Messages(relay.db).attempts(message_id))[0]
+    assert first.provider_response is not None
+    assert "refused for good: gone@example.org: 550 5.1.1 No such user" in first.provider_response
+
+
+async def test_a_recipient_refused_for_good_is_recorded_on_a_sent_message(relay: Relay, sink: SmtpSink) -> None:
+    sink.behaviour.rcpt_replies["gone@example.org"] = "550 5.1.1 No such user"
+    message_id = await submit(relay, ["now@example.org", "gone@example.org"])
+    view = await settled(relay, message_id, "sent")
+    assert view.last_error == "refused for good: gone@example.org: 550 5.1.1 No such user"
 
 
 async def test_refused_credentials_break_the_workspace_and_keep_the_message(database_url: str, tmp_path: Path) -> None:
@@ -128,6 +141,17 @@ async def test_retries_end_in_failed_after_max_attempts(relay: Relay, sink: Smtp
     view = await settled(relay, message_id, "failed", timeout=30)
     assert view.attempts == 4
     assert view.last_error is not None and view.last_error.startswith("gave up after 4 attempts: 421")
+
+
+async def test_quota_deferrals_do_not_use_up_the_retries(relay: Relay, sink: SmtpSink) -> None:
+    sink.behaviour.data_replies = ["454 Throttling failure: Maximum sending rate exceeded"] * 5 + [
+        "451 4.3.0 Try again later"
+    ] * 3
+    message_id = await submit(relay, ["a@example.org"])
+    view = await settled(relay, message_id, "sent", timeout=30)
+    outcomes = [a.outcome for a in await Messages(relay.db).attempts(message_id)]
+    assert outcomes == ["quota"] * 5 + ["retry"] * 3 + ["sent"]  # 3 temporary failures < max_attempts 4
+    assert view.attempts == 9
 
 
 async def test_bcc_and_private_headers_never_reach_the_upstream(relay: Relay, sink: SmtpSink) -> None:

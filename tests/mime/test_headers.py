@@ -38,6 +38,11 @@ def test_header_names_match_case_insensitively_and_lf_messages_work() -> None:
     assert split_header_block(raw) == (b"bcc: x@y.z\nSubject: s\n\n", b"body\n")
 
 
+def test_resent_bcc_is_private_too() -> None:
+    raw = b"Resent-Bcc: hidden@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    assert remove_fields(raw, PRIVATE_HEADERS) == b"Subject: s\r\n\r\nbody\r\n"
+
+
 def test_a_message_without_a_body() -> None:
     assert remove_fields(b"Bcc: a@b.c\r\nSubject: s\r\n", ["Bcc"]) == b"Subject: s\r\n"
 
@@ -49,6 +54,9 @@ def test_metadata_from_mandrill_headers() -> None:
     }
     assert extract_metadata(b"X-MC-Tags: a, b ,a\r\n\r\n") == {"tags": ["a", "b"]}
     assert extract_metadata(b"X-MC-Metadata: not json\r\n\r\n") == {"invalid_headers": ["X-MC-Metadata"]}
+    assert extract_metadata(b'X-MC-Metadata: {"a": NaN}\r\n\r\n') == {"invalid_headers": ["X-MC-Metadata"]}
+    deep = b"X-MC-Metadata: " + b"[" * 5000 + b"\r\nX-MC-Tags: " + b"[" * 5000 + b"\r\n\r\n"
+    assert extract_metadata(deep) == {"invalid_headers": ["X-MC-Metadata"], "tags": ["[" * 5000]}
     assert header_values(MESSAGE, "bcc") == ["hidden@example.org,\tother-hidden@example.org"]
 
 

@@ -100,6 +100,29 @@ async def test_concurrent_stores_share_commits(db: Database) -> None:
     assert (await MessageQueue(db, clock).status_counts()) == {"queued": 200}
 
 
+async def test_a_row_the_database_refuses_fails_alone(db: Database) -> None:
+    clock = ManualClock()
+    writer = Ingest(db)
+    writer.start()
+    taken = new(clock)
+    await writer.store(taken)
+    good = [new(clock) for _ in range(5)]
+    clash = new(clock, id=taken.id)  # the same primary key: the database refuses this row
+    results = await asyncio.gather(*(writer.store(m) for m in [*good[:3], clash, *good[3:]]), return_exceptions=True)
+    await writer.stop()
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 3 + ["StoreError"] + ["NoneType"] * 2
+    assert (await MessageQueue(db, clock).status_counts()) == {"queued": 6}
+
+
+async def test_sqlite_commits_are_fsynced(sqlite_url: str) -> None:
+    database = Database(sqlite_url)
+    async with database.begin() as connection:
+        synchronous = (await connection.execute(sa.text("PRAGMA synchronous"))).scalar()
+        journal = (await connection.execute(sa.text("PRAGMA journal_mode"))).scalar()
+    await database.dispose()
+    assert (synchronous, journal) == (2, "wal")  # FULL: the WAL is fsynced at every commit
+
+
 async def test_claims_are_exclusive_across_engines(db: Database, database_url: str) -> None:
     clock = ManualClock()
     await ingest(db, [new(clock) for _ in range(60)])

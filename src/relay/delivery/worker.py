@@ -71,6 +71,13 @@ class DeliveryWorker:
         self._rng = rng or random.Random()
         self._inflight: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
+        self._stopping = False
+        # Sends in flight per workspace, capped at what its provider can take (`Provider.concurrency`).
+        # A claimed message waits at most `_slot_wait` for a place, so waiting plus sending stays inside
+        # its lease; then it goes back to the queue without an attempt.
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slot_wait = max(0.0, (lease_seconds - send_timeout) / 2)
+        self._not_started: dict[str, QueuedMessage] = {}
         self._workspace_states: dict[str, WorkspaceState] = {}
         self._states_read_at = float("-inf")
 
@@ -78,10 +85,17 @@ class DeliveryWorker:
         """New mail was committed: look for work now instead of at the next poll."""
         self._wakeup.set()
 
+    def stop(self) -> None:
+        """Claim nothing more; `run()` then lets sends in flight finish (up to the send timeout) and returns."""
+        self._stopping = True
+        self._wakeup.set()
+
     async def run(self) -> None:
-        """Deliver until cancelled; on cancellation, in-flight sends are cancelled and their leases expire."""
+        """Deliver until `stop()`. Claimed messages that never started sending are given back at the end;
+        a send still running after the grace period is cancelled and its lease left to expire, because the
+        provider may already have the message."""
         try:
-            while True:
+            while not self._stopping:
                 self._wakeup.clear()
                 free = self._concurrency - len(self._inflight)
                 claimed = await self._claim_and_start(free) if free > 0 else 0
@@ -91,10 +105,21 @@ class DeliveryWorker:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wakeup.wait()
+            if self._inflight:
+                await asyncio.wait(set(self._inflight), timeout=self._send_timeout)
         finally:
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._give_back_unstarted()
+
+    async def _give_back_unstarted(self) -> None:
+        waiting, self._not_started = self._not_started, {}
+        for message in waiting.values():
+            try:
+                await self._queue.release(message)
+            except Exception as exc:  # its lease will expire instead
+                log.warning("delivery.release_failed", message_id=message.id, error=f"{type(exc).__name__}: {exc}")
 
     async def run_once(self) -> int:
         """Claim one batch of due messages, deliver them all, and return how many there were."""
@@ -120,6 +145,7 @@ class DeliveryWorker:
             log.error("delivery.claim_failed", error=f"{type(exc).__name__}: {exc}")
             return 0
         for message in batch:
+            self._not_started[message.id] = message
             task = asyncio.create_task(self._deliver_safely(message), name=f"deliver-{message.id}")
             self._inflight.add(task)
             task.add_done_callback(self._finished)
@@ -148,30 +174,56 @@ class DeliveryWorker:
         provider = self._providers.get(workspace_id) if workspace_id else None
         now = self._clock.now()
         if workspace_id is None or provider is None:
+            self._not_started.pop(message.id, None)
             outcome = Outcome("retry", response="no workspace serves this sender (configuration changed?)")
             await self._queue.complete(message, None, self._transition(message, outcome, now, counted=False))
             return
         state = self._workspace_states.get(workspace_id)
         if state is not None and state.state == "broken" and state.recheck_at and state.recheck_at > now:
+            self._not_started.pop(message.id, None)
             reason = f'workspace "{workspace_id}" is broken: {state.reason}'
             await self._queue.complete(message, None, Deferred(until=state.recheck_at, reason=reason))
             return
+        slot = self._slots.setdefault(workspace_id, asyncio.Semaphore(provider.concurrency))
+        try:
+            async with asyncio.timeout(self._slot_wait):
+                await slot.acquire()
+        except TimeoutError:
+            self._not_started.pop(message.id, None)
+            until = self._clock.now() + timedelta(seconds=self._poll_interval)
+            reason = f'waiting for a free connection to workspace "{workspace_id}"'
+            await self._queue.complete(message, None, Deferred(until=until, reason=reason))
+            return
+        try:
+            if self._stopping:
+                return  # still in _not_started: run() gives it back
+            self._not_started.pop(message.id, None)
+            await self._attempt(message, workspace_id, provider, state)
+        finally:
+            slot.release()
+
+    async def _attempt(
+        self, message: QueuedMessage, workspace_id: str, provider: Provider, state: WorkspaceState | None
+    ) -> None:
         outbound = OutboundMessage(
             id=message.id,
             mail_from=message.mail_from,
             recipients=message.pending_rcpts,
             data=remove_fields(message.raw, PRIVATE_HEADERS),
         )
+        started = self._clock.now()
         outcome = await self._send(provider, outbound)
         finished = self._clock.now()
         attempt = AttemptRecord(
             workspace_id=workspace_id,
             provider_kind=provider.kind,
-            started_at=now,
+            started_at=started,
             finished_at=finished,
             outcome=outcome.kind,
             provider_status=outcome.status,
-            provider_response=outcome.response,
+            provider_response="; ".join(filter(None, [outcome.response, _refusals(outcome)]))
+            if outcome.kind == "sent"
+            else outcome.response,
             provider_message_id=outcome.provider_message_id,
         )
         transition = self._transition(message, outcome, finished)
@@ -242,15 +294,15 @@ class DeliveryWorker:
     def _transition(
         self, message: QueuedMessage, outcome: Outcome, now: datetime, *, counted: bool = True
     ) -> Transition:
-        attempts = message.attempts + (1 if counted else 0)
+        failures = message.temp_failures + (1 if counted and outcome.kind == "retry" else 0)
         age = (now - message.created_at).total_seconds()
         policy = self._policy
         summary = _summary(outcome)
         match outcome.kind:
             case "sent":
                 if not outcome.retry_recipients:
-                    return Sent()
-                delay = policy.delay(attempts, self._rng, outcome.retry_after)
+                    return Sent(_refusals(outcome))
+                delay = policy.delay(failures + 1, self._rng, outcome.retry_after)
                 return Deferred(
                     now + timedelta(seconds=delay), "some recipients deferred: " + summary, outcome.retry_recipients
                 )
@@ -262,13 +314,20 @@ class DeliveryWorker:
                 wait = policy.quota_retry_seconds if outcome.kind == "quota" else policy.auth_recheck_seconds
                 return Deferred(now + timedelta(seconds=max(wait, outcome.retry_after or 0)), summary)
             case _:
-                exhausted = policy.exhausted(attempts, age)
+                exhausted = policy.exhausted(failures, age)
                 if exhausted:
                     return Failed(f"{exhausted}: {summary}")
-                delay = policy.delay(attempts, self._rng, outcome.retry_after)
+                delay = policy.delay(max(failures, 1), self._rng, outcome.retry_after)
                 return Deferred(now + timedelta(seconds=delay), summary, outcome.retry_recipients or None)
 
 
 def _summary(outcome: Outcome) -> str:
     """`451 4.3.0 try later`: the provider's status and text, as stored in `last_error`."""
     return f"{outcome.status} {outcome.response}".strip() if outcome.status else outcome.response
+
+
+def _refusals(outcome: Outcome) -> str | None:
+    """`refused for good: a@x.org: 550 5.1.1 …` for recipients a partly successful send could not reach."""
+    if not outcome.rejected_recipients:
+        return None
+    return "refused for good: " + "; ".join(f"{rcpt}: {why}" for rcpt, why in outcome.rejected_recipients.items())

@@ -10,7 +10,7 @@ from .headers import header_values
 __all__ = ["PRIVATE_HEADERS", "extract_metadata"]
 
 # Never reach a recipient: Bcc (RFC 5322 §3.6.3) and the instructions meant for the relay only.
-PRIVATE_HEADERS: tuple[str, ...] = ("Bcc", "X-MC-Tags", "X-MC-Metadata")
+PRIVATE_HEADERS: tuple[str, ...] = ("Bcc", "Resent-Bcc", "X-MC-Tags", "X-MC-Metadata")
 
 
 def extract_metadata(raw: bytes) -> dict[str, Any]:
@@ -24,8 +24,8 @@ def extract_metadata(raw: bytes) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     for value in header_values(raw, "X-MC-Metadata"):
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
+            parsed = _strict_json(value)
+        except ValueError:
             result.setdefault("invalid_headers", []).append("X-MC-Metadata")
             continue
         if isinstance(parsed, dict):
@@ -40,9 +40,21 @@ def extract_metadata(raw: bytes) -> dict[str, Any]:
 def _parse_tags(value: str) -> list[str]:
     if value.startswith("["):
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
+            parsed = _strict_json(value)
+        except ValueError:
             parsed = None
         if isinstance(parsed, list):
             return [str(t).strip() for t in parsed if str(t).strip()]
     return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _strict_json(value: str) -> Any:
+    """JSON that every database accepts: no NaN or Infinity, bounded nesting. Raises ValueError."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        return json.loads(value, parse_constant=refuse)
+    except RecursionError:  # a header of thousands of nested brackets
+        raise ValueError("nested too deeply") from None

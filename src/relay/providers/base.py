@@ -13,6 +13,7 @@ class Provider(Protocol):
     """Moves one message to one workspace. Never raises for a provider's answer: it returns an Outcome."""
 
     kind: str
+    concurrency: int  # sends this provider can have in flight at once; the worker queues the rest
 
     async def send(self, message: OutboundMessage) -> Outcome: ...
 

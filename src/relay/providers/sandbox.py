@@ -22,6 +22,7 @@ class SandboxProvider:
 
     def __init__(self, workspace_id: str, settings: SandboxSettings, rng: random.Random | None = None) -> None:
         self.workspace_id = workspace_id
+        self.concurrency = 256
         self._settings = settings
         self._outbox = Path(settings.outbox_dir)
         self._rng = rng or random.Random()

@@ -24,40 +24,41 @@ class _RejectedError(Exception):
         self.outcome = outcome
 
 
+class _StaleConnectionError(Exception):
+    """A pooled connection turned out to be closed at MAIL, before any of the message was sent."""
+
+
 class SmtpProvider:
     kind = "smtp"
 
     def __init__(self, workspace_id: str, settings: UpstreamSmtpSettings) -> None:
         self.workspace_id = workspace_id
+        self.concurrency = settings.max_connections
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     async def send(self, message: OutboundMessage) -> Outcome:
         async with self._slots:
-            client, reused = None, False
+            client: aiosmtplib.SMTP | None = None
             try:
                 client, reused = await self._acquire()
-                outcome = await self._transaction(client, message)
-            except aiosmtplib.SMTPServerDisconnected as exc:
-                _close(client)
-                if not reused:
-                    return Outcome("retry", response=f"connection lost: {exc}")
-                # A pooled connection the server had already dropped: one fresh try is safe because the
-                # failure came before the server accepted any data.
                 try:
-                    client, reused = await self._acquire(fresh=True)
-                    outcome = await self._transaction(client, message)
-                except _RejectedError as rejected:
-                    return self._release(client, rejected.outcome)
-                except aiosmtplib.SMTPException as exc2:
+                    outcome = await self._transaction(client, message, reused=reused)
+                except _StaleConnectionError:
+                    # The server had dropped this pooled connection before our MAIL: nothing of the message
+                    # reached it, so one try on a fresh connection cannot deliver it twice.
                     _close(client)
-                    return _exception_outcome(exc2)
+                    client, reused = await self._acquire(fresh=True)
+                    outcome = await self._transaction(client, message, reused=False)
             except _RejectedError as rejected:
                 return self._release(client, rejected.outcome)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 _close(client)
                 return _exception_outcome(exc)
+            except BaseException:  # cancelled mid-transaction: the connection is in an unknown state
+                _close(client)
+                raise
             return self._release(client, outcome)
 
     async def check(self) -> Health:
@@ -116,7 +117,7 @@ class SmtpProvider:
                 raise _RejectedError(outcome) from None
         return client
 
-    async def _transaction(self, client: aiosmtplib.SMTP, message: OutboundMessage) -> Outcome:
+    async def _transaction(self, client: aiosmtplib.SMTP, message: OutboundMessage, *, reused: bool) -> Outcome:
         options = []
         if client.supports_extension("size"):
             options.append(f"SIZE={len(message.data)}")
@@ -124,6 +125,10 @@ class SmtpProvider:
             options.append("BODY=8BITMIME")
         try:
             await client.mail(message.mail_from, options=options)
+        except aiosmtplib.SMTPServerDisconnected:
+            if reused:
+                raise _StaleConnectionError from None
+            raise
         except aiosmtplib.SMTPSenderRefused as exc:
             await _reset(client)
             raise _RejectedError(_reply_outcome(exc.code, exc.message)) from None

@@ -56,6 +56,13 @@ class RelayHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        try:
+            return await self._enqueue(session, envelope)
+        except Exception:  # whatever went wrong, the client keeps the message and retries: never a 5xx
+            log.exception("smtp.data_failed", sender=envelope.mail_from)
+            return "451 4.3.0 Local error, message not accepted; try again later"
+
+    async def _enqueue(self, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
         message = NewMessage(
             id=new_message_id(),

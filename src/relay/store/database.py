@@ -49,7 +49,8 @@ class Database:
         self.url = async_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        # hide_parameters: a failed statement's error text must not carry message bodies or addresses into logs.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True, "hide_parameters": True}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,14 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as connection:
             yield connection
+
+    async def max_packet_bytes(self) -> int | None:
+        """MySQL/MariaDB's `max_allowed_packet`, the largest row it takes in one statement; None elsewhere."""
+        if self.dialect not in ("mysql", "mariadb"):
+            return None
+        async with self.engine.connect() as connection:
+            value = (await connection.execute(sa.text("SELECT @@max_allowed_packet"))).scalar()
+        return int(value) if value is not None else None
 
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head; safe when several processes start at once."""

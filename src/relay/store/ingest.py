@@ -46,12 +46,11 @@ class Ingest:
             self._task = asyncio.create_task(self._run(), name="relay-ingest")
 
     async def stop(self) -> None:
-        """Commit what is pending, then stop."""
+        """Commit what is pending or in flight, then stop."""
         if self._task is None:
             return
-        if self._pending:
-            self._wakeup.set()
-            await self._idle.wait()
+        self._wakeup.set()
+        await self._idle.wait()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -79,11 +78,15 @@ class Ingest:
 
     async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:
-            async with asyncio.timeout(self._commit_timeout):
-                async with self._db.begin() as connection:
-                    await connection.execute(messages.insert(), [row for row, _ in batch])
-        except Exception as exc:  # any driver or network failure: every waiter gets a retryable error
-            log.error("ingest.commit_failed", messages=len(batch), error=f"{type(exc).__name__}: {exc}")
+            await self._insert([row for row, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                # One row the database refuses must not cost every session sharing its transaction a 451:
+                # write them one by one so only the bad one fails.
+                for item in batch:
+                    await self._commit([item])
+                return
+            log.error("ingest.commit_failed", message_id=batch[0][0]["id"], error=_describe(exc))
             error = StoreError(f"could not store the message: {type(exc).__name__}")
             for _, future in batch:
                 if not future.done():
@@ -94,6 +97,10 @@ class Ingest:
                 future.set_result(None)
         for callback in self._on_commit:
             callback()
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        async with asyncio.timeout(self._commit_timeout), self._db.begin() as connection:
+            await connection.execute(messages.insert(), rows)
 
 
 def _row(message: NewMessage) -> dict[str, Any]:
@@ -107,6 +114,7 @@ def _row(message: NewMessage) -> dict[str, Any]:
         "size": len(message.raw),
         "status": "queued",
         "attempts": 0,
+        "temp_failures": 0,
         "next_attempt_at": received,
         "metadata": message.metadata,
         "source": message.source,
@@ -115,3 +123,9 @@ def _row(message: NewMessage) -> dict[str, Any]:
         "created_at": received,
         "updated_at": received,
     }
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's own error (SQLAlchemy wraps it in `orig`), first line only."""
+    cause = getattr(exc, "orig", None) or exc
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"

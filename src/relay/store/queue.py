@@ -23,6 +23,7 @@ _CLAIM_COLUMNS = [
     messages.c.pending_rcpts,
     messages.c.raw,
     messages.c.attempts,
+    messages.c.temp_failures,
     messages.c.created_at,
     messages.c["metadata"],
     messages.c.lease_owner,
@@ -73,8 +74,8 @@ class MessageQueue:
         now = to_db(self._clock.now())
         values: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
         match transition:
-            case Sent():
-                values.update(status="sent", next_attempt_at=None, pending_rcpts=None, last_error=None)
+            case Sent(note=note):
+                values.update(status="sent", next_attempt_at=None, pending_rcpts=None, last_error=note)
             case Deferred(until=until, reason=reason, pending_rcpts=pending):
                 values.update(status="deferred", next_attempt_at=to_db(until), last_error=reason)
                 if pending is not None:
@@ -83,6 +84,8 @@ class MessageQueue:
                 values.update(status="failed", next_attempt_at=None, last_error=reason)
         if attempt is not None:
             values.update(attempts=messages.c.attempts + 1, workspace_id=attempt.workspace_id)
+            if attempt.outcome == "retry":
+                values["temp_failures"] = messages.c.temp_failures + 1
         async with self._db.begin() as connection:
             if attempt is not None:
                 await connection.execute(delivery_attempts.insert().values(_attempt_row(message, attempt)))
@@ -99,10 +102,21 @@ class MessageQueue:
         async with self._db.begin() as connection:
             result = await connection.execute(
                 messages.update()
-                .where(messages.c.status == "sending", messages.c.lease_owner.like(f"{owner}/%"))
+                .where(messages.c.status == "sending", messages.c.lease_owner.startswith(f"{owner}/", autoescape=True))
                 .values(status="queued", lease_owner=None, lease_expires_at=None, next_attempt_at=now)
             )
         return result.rowcount
+
+    async def release(self, message: QueuedMessage) -> bool:
+        """Give back a claimed message that was never sent (for example at shutdown): due again at once."""
+        now = to_db(self._clock.now())
+        async with self._db.begin() as connection:
+            result = await connection.execute(
+                messages.update()
+                .where(messages.c.id == message.id, messages.c.lease_owner == message.lease_owner)
+                .values(status="queued", lease_owner=None, lease_expires_at=None, next_attempt_at=now, updated_at=now)
+            )
+        return result.rowcount == 1
 
     async def next_due(self) -> datetime | None:
         """When the earliest waiting or leased message becomes due, or None if nothing is pending."""
@@ -125,6 +139,7 @@ def _queued(row: sa.Row[Any]) -> QueuedMessage:
         pending_rcpts=tuple(row.pending_rcpts) if row.pending_rcpts is not None else rcpt_to,
         raw=bytes(row.raw),
         attempts=row.attempts,
+        temp_failures=row.temp_failures,
         created_at=from_db(row.created_at),
         metadata=row._mapping["metadata"],
         lease_owner=row.lease_owner,

@@ -26,6 +26,9 @@ messages = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # Attempts that ended in a temporary failure: only these count towards `max_attempts`, so quota and
+    # broken-credential deferrals never use up a message's retries.
+    sa.Column("temp_failures", sa.Integer, nullable=False, default=0),
     # When the message next needs a worker: due time while waiting, lease expiry while sending,
     # NULL once sent or failed. One indexed column makes the claim query a range scan.
     sa.Column("next_attempt_at", Timestamp, nullable=True),

@@ -46,6 +46,7 @@ class QueuedMessage:
     pending_rcpts: tuple[str, ...]
     raw: bytes
     attempts: int
+    temp_failures: int
     created_at: datetime
     metadata: dict[str, Any]
     lease_owner: str
@@ -71,7 +72,9 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    pass
+    """Delivered; `note` records recipients the provider refused for good, if any."""
+
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

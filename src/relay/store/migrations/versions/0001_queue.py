@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("size", sa.Integer, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("temp_failures", sa.Integer, nullable=False),
         sa.Column("next_attempt_at", Timestamp, nullable=True),
         sa.Column("lease_owner", sa.String(128), nullable=True),
         sa.Column("lease_expires_at", Timestamp, nullable=True),
