@@ -142,7 +142,7 @@ class Relay:
 
     async def readiness(self) -> str | None:
         try:
-            async with self.db.begin() as connection:
+            async with self.db.read() as connection:
                 await connection.execute(sa.text("SELECT 1"))
         except Exception as exc:
             return f"database unavailable: {type(exc).__name__}"

@@ -208,3 +208,14 @@ async def test_workspace_state_is_shared(db: Database, database_url: str) -> Non
     await theirs.mark_active("gmail-1")
     assert (await mine.all())["gmail-1"].state == "active"
     await other.dispose()
+
+
+async def test_sqlite_reads_do_not_wait_for_a_writer(sqlite_url: str) -> None:
+    database = Database(sqlite_url)
+    await database.upgrade()
+    async with database.begin() as writer:  # holds SQLite's write lock (BEGIN IMMEDIATE)
+        await writer.execute(sa.text("UPDATE workspaces SET state = state"))
+        async with asyncio.timeout(5):
+            assert await WorkspaceStates(database, ManualClock()).all() == {}
+            assert await MessageQueue(database, ManualClock()).status_counts() == {}
+    await database.dispose()

@@ -76,6 +76,14 @@ class Database:
         async with self.engine.begin() as connection:
             yield connection
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that only reads: on SQLite it takes no write lock, so it never waits for ingest."""
+        async with self.engine.connect() as connection:
+            reader = await connection.execution_options(relay_read_only=True)
+            async with reader.begin():
+                yield reader
+
     async def max_packet_bytes(self) -> int | None:
         """MySQL/MariaDB's `max_allowed_packet`, the largest row it takes in one statement; None elsewhere."""
         if self.dialect not in ("mysql", "mariadb"):
@@ -124,4 +132,5 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get("relay_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -48,7 +48,7 @@ class Messages:
         self._db = db
 
     async def get(self, message_id: str) -> MessageView | None:
-        async with self._db.begin() as connection:
+        async with self._db.read() as connection:
             row = (await connection.execute(sa.select(messages).where(messages.c.id == message_id))).first()
         if row is None:
             return None
@@ -68,7 +68,7 @@ class Messages:
         )
 
     async def raw(self, message_id: str) -> bytes | None:
-        async with self._db.begin() as connection:
+        async with self._db.read() as connection:
             value = (await connection.execute(sa.select(messages.c.raw).where(messages.c.id == message_id))).scalar()
         return bytes(value) if value is not None else None
 
@@ -78,7 +78,7 @@ class Messages:
             .where(delivery_attempts.c.message_id == message_id)
             .order_by(delivery_attempts.c.attempt_number, delivery_attempts.c.id)
         )
-        async with self._db.begin() as connection:
+        async with self._db.read() as connection:
             rows = (await connection.execute(query)).all()
         return [
             AttemptView(

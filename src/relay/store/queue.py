@@ -120,12 +120,12 @@ class MessageQueue:
 
     async def next_due(self) -> datetime | None:
         """When the earliest waiting or leased message becomes due, or None if nothing is pending."""
-        async with self._db.begin() as connection:
+        async with self._db.read() as connection:
             value = (await connection.execute(sa.select(sa.func.min(messages.c.next_attempt_at)))).scalar()
         return from_db(value) if value is not None else None
 
     async def status_counts(self) -> dict[str, int]:
-        async with self._db.begin() as connection:
+        async with self._db.read() as connection:
             rows = await connection.execute(sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status))
             return {row[0]: row[1] for row in rows}
 

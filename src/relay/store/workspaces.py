@@ -22,7 +22,7 @@ class WorkspaceStates:
         self._clock = clock
 
     async def all(self) -> dict[str, WorkspaceState]:
-        async with self._db.begin() as connection:
+        async with self._db.read() as connection:
             rows = (await connection.execute(sa.select(workspaces))).all()
         return {
             row.id: WorkspaceState(
