@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import smtplib
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ app = typer.Typer(
     help="Relay: an SMTP relay that delivers through several provider workspaces.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can hold settings, passwords and API keys
 )
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
@@ -57,16 +59,21 @@ def serve(config: ConfigOption = None) -> None:
     from .runtime import Relay
 
     async def main() -> None:
-        relay = Relay(settings)
+        relay: Relay | None = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
+            relay = Relay(settings)
             await relay.start()
-        except (OSError, RelayError) as exc:
-            typer.echo(f"relay: cannot start: {exc}", err=True)
-            await relay.stop()
+        except Exception as exc:
+            typer.echo(f"relay: cannot start: {_start_failure(exc)}", err=True)
+            # Clean up quietly: "relay.stopped" after a start that never finished would only bury the reason.
+            configure_logging("error", settings.log_format)
+            if relay is not None:
+                with contextlib.suppress(Exception):
+                    await relay.stop()
             raise typer.Exit(1) from None
         await stop.wait()
         await relay.stop()
@@ -76,6 +83,24 @@ def serve(config: ConfigOption = None) -> None:
     except ProviderError as exc:
         typer.echo(f"relay: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _start_failure(exc: Exception) -> str:
+    """One short line for a start-up failure; never a traceback, whose locals may hold secrets."""
+    if isinstance(exc, OSError | RelayError):  # already worded for operators: "[Errno 98] address in use"
+        text = str(exc)
+    else:
+        # SQLAlchemy wraps the driver's error (`.orig`), and for asyncpg that is an adapter around the real
+        # one: `InvalidCatalogNameError: database "x" does not exist` says more than `DBAPIError: (…) …`.
+        cause: BaseException = exc
+        for _ in range(3):
+            orig = getattr(cause, "orig", None)
+            if not isinstance(orig, BaseException):
+                break
+            cause = orig
+        message = str(cause).strip()
+        text = f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @config_app.command("check")

@@ -39,3 +39,14 @@ def test_serve_refuses_invalid_config_the_same_way(tmp_path: Path) -> None:
     result = relay("serve", "--config", str(path))
     assert result.returncode == 1
     assert '  load_balancing_pools[0].workspaces[1].workspace_id: unknown workspace "mailgn-1"' in result.stderr
+
+
+def test_config_check_refuses_an_unsupported_database_url(tmp_path: Path) -> None:
+    data = json.loads(EXAMPLE.read_text())
+    data["database_url"] = "oracle://scott:tiger@db.internal/relay"
+    path = tmp_path / "oracle.json"
+    path.write_text(json.dumps(data))
+    result = relay("config", "check", str(path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[1].startswith('  database_url: unsupported database "oracle"')
+    assert "tiger" not in result.stderr

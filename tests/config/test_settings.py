@@ -189,27 +189,131 @@ def test_bad_environment_value_names_the_path(monkeypatch: pytest.MonkeyPatch) -
     assert [p.path for p in caught.value.problems] == ["smtp.port"]
 
 
-def test_previous_relay_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "SMTP_PORT": "2700",
-        "SMTP_MAX_SIZE": "10485760",
-        "SMTP_AUTH_USERNAME": "legacy",
-        "SMTP_AUTH_PASSWORD": "pw",
-        "MYSQL_HOST": "db.internal",
-        "MYSQL_USER": "relay",
-        "MYSQL_PASSWORD": "p@ss",
-        "MYSQL_DATABASE": "relay",
-        "QUEUE_MAX_RETRIES": "3",
-    }.items():
+LEGACY_ENV = {
+    "SMTP_PORT": "2700",
+    "SMTP_MAX_SIZE": "10485760",
+    "SMTP_AUTH_USERNAME": "legacy",
+    "SMTP_AUTH_PASSWORD": "pw",
+    "MYSQL_HOST": "db.internal",
+    "MYSQL_USER": "relay",
+    "MYSQL_PASSWORD": "p@ss",
+    "MYSQL_DATABASE": "relay",
+    "QUEUE_MAX_RETRIES": "3",
+    "WEB_UI_PORT": "9090",
+}
+
+
+def test_previous_relay_environment_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in LEGACY_ENV.items():
         monkeypatch.setenv(name, value)
-    settings = load_settings(EXAMPLE)
+    # A file that leaves those settings out: the previous relay's names fill them in.
+    path = write(tmp_path, {"smtp": {"hostname": "relay.test", "auth_require_tls": False}})
+    settings = load_settings(path)
     assert settings.smtp.port == 2700
+    assert settings.smtp.hostname == "relay.test"  # the rest of the section still comes from the file
     assert settings.smtp.max_message_size == 10_485_760
     assert [u.username for u in settings.smtp.users] == ["legacy"]
     assert settings.database_url == "mysql://relay:p%40ss@db.internal:3306/relay"
+    assert settings.http.port == 9090
     assert settings.delivery.retry.max_attempts == 3
     monkeypatch.setenv("RELAY_SMTP__PORT", "2800")  # Relay's own names win
-    assert load_settings(EXAMPLE).smtp.port == 2800
+    assert load_settings(path).smtp.port == 2800
+
+
+def test_the_file_wins_over_previous_relay_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in LEGACY_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(EXAMPLE)
+    assert settings.database_url == "sqlite:///var/relay.db"  # not MYSQL_HOST's URL
+    assert settings.smtp.port == 2525
+    assert settings.smtp.max_message_size == 26_214_400
+    assert [u.username for u in settings.smtp.users] == ["app"]
+    assert settings.http.port == 8080
+    # What the file leaves out is still filled in.
+    assert settings.delivery.retry.max_attempts == 3
+
+
+@pytest.mark.parametrize("name", ["SMTP_PORT", "SMTP_MAX_SIZE", "WEB_UI_PORT", "QUEUE_MAX_RETRIES", "MYSQL_PORT"])
+def test_kubernetes_service_link_values_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # A Service named "smtp" (or "web-ui", "mysql" …) makes Kubernetes inject SMTP_PORT=tcp://10.96.0.12:25.
+    monkeypatch.setenv(name, "tcp://10.96.0.12:25")
+    monkeypatch.setenv("MYSQL_HOST", "db.internal")
+    settings = load_settings(write(tmp_path, {}))
+    assert settings.smtp.port == 2525
+    assert settings.smtp.max_message_size == 26_214_400
+    assert settings.http.port == 8080
+    assert settings.delivery.retry.max_attempts == 15
+    assert settings.database_url == "mysql://root@db.internal:3306/relay"
+
+
+@pytest.mark.parametrize(
+    ("password", "env", "expected"),
+    [
+        ("", None, "smtp.users[0].password: must not be empty"),
+        (
+            "env:RELAY_TEST_EMPTY_PASSWORD",
+            "",
+            "smtp.users[0].password: environment variable RELAY_TEST_EMPTY_PASSWORD is empty",
+        ),
+    ],
+)
+def test_empty_smtp_password_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, password: str, env: str | None, expected: str
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("RELAY_TEST_EMPTY_PASSWORD", env)
+    data = example()
+    data["smtp"]["users"][0]["password"] = password
+    assert problems(tmp_path, data) == [expected]
+
+
+def test_users_who_can_never_log_in_are_refused(tmp_path: Path) -> None:
+    data = example()
+    del data["smtp"]["auth_require_tls"]  # true by default, and the example has no certificate
+    assert problems(tmp_path, data) == [
+        "smtp.users: these users can never log in: AUTH is only offered after STARTTLS (auth_require_tls is "
+        "true) and there is no certificate; set smtp.tls_cert and smtp.tls_key, or set smtp.auth_require_tls "
+        "to false"
+    ]
+    data["smtp"]["users"] = []
+    assert load_settings(write(tmp_path, data)).smtp.auth_require_tls is True
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("oracle://scott:tiger@db/relay", 'database_url: unsupported database "oracle"'),
+        ("mssql+pyodbc://db/relay", 'database_url: unsupported database "mssql"'),
+        ("relay.db", "database_url: not a database URL"),
+        ("postgresql://user:s3cret@db:notaport/relay", "database_url: not a database URL"),
+    ],
+)
+def test_unsupported_database_url_is_refused(tmp_path: Path, url: str, expected: str) -> None:
+    data = example()
+    data["database_url"] = url
+    found = problems(tmp_path, data)
+    assert len(found) == 1
+    assert found[0].startswith(expected), found
+    assert "s3cret" not in found[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///var/relay.db",
+        "sqlite://",
+        "postgresql://relay@db/relay",
+        "postgres://relay@db/relay",
+        "postgresql+asyncpg://relay@db/relay",
+        "mysql://relay:pw@db/relay",
+        "mariadb://relay@db/relay",
+        "mysql+asyncmy://relay@db/relay",
+    ],
+)
+def test_supported_database_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    data = example()
+    data["database_url"] = url
+    assert load_settings(write(tmp_path, data)).database_url == url
 
 
 def test_secrets_never_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

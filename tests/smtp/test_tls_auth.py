@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
+from relay.errors import ConfigError
 from relay.runtime import Relay
 from relay.store import Messages
 from tests.support.relay import config, sandbox_workspace, start_relay
@@ -112,13 +113,24 @@ async def test_no_starttls_without_a_certificate(relay_with: Any) -> None:
     def steps(client: smtplib.SMTP) -> tuple[dict[str, str], tuple[int, bytes]]:
         return dict(client.esmtp_features), client.docmd("STARTTLS")
 
-    async with relay_with() as relay:
+    # No users: with users, auth_require_tls (the default) and no certificate the config is refused, see below.
+    async with relay_with(users=[]) as relay:
         features, (code, _) = await in_session(relay, steps)
 
     assert {"size", "8bitmime", "pipelining"} <= features.keys()
     assert "starttls" not in features
     assert "auth" not in features  # auth_require_tls defaults to true and there is no TLS to be had
     assert code != 220
+
+
+async def test_users_who_could_never_log_in_are_a_config_problem(relay_with: Any) -> None:
+    # auth_require_tls defaults to true, and without a certificate AUTH would never be offered.
+    with pytest.raises(ConfigError) as caught:
+        async with relay_with():
+            pass
+    assert [p.path for p in caught.value.problems] == ["smtp.users"]
+    assert "smtp.tls_cert" in caught.value.problems[0].message
+    assert "auth_require_tls" in caught.value.problems[0].message
 
 
 async def test_auth_before_starttls_is_refused(relay_with: Any, certificate: dict[str, str]) -> None:

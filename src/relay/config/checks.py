@@ -65,6 +65,12 @@ def _smtp_problems(settings: Settings) -> Iterator[Problem]:
         if user.username in names:
             yield Problem(f"smtp.users[{i}].username", f'duplicate user "{user.username}"')
         names.add(user.username)
+    if smtp.users and smtp.auth_require_tls and smtp.tls_cert is None:
+        yield Problem(
+            "smtp.users",
+            "these users can never log in: AUTH is only offered after STARTTLS (auth_require_tls is true) and "
+            "there is no certificate; set smtp.tls_cert and smtp.tls_key, or set smtp.auth_require_tls to false",
+        )
     for field in ("tls_cert", "tls_key"):
         path = getattr(smtp, field)
         if path is not None and not path.is_file():

@@ -1,11 +1,16 @@
 """The previous (Go) relay's environment variable names, mapped onto Relay's settings.
 
-Kept so an existing deployment's environment keeps working; `RELAY_*` variables win over these.
+Kept so an existing deployment's environment keeps working. They only fill gaps: `RELAY_*` variables and
+the config file both win over them (see `Settings`).
+
+Kubernetes service links inject variables such as `SMTP_PORT=tcp://10.96.0.12:25` for a Service named
+"smtp"; a value that is not a plain integer where one is expected is therefore ignored, not an error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -14,21 +19,34 @@ from pydantic_settings import PydanticBaseSettingsSource
 
 __all__ = ["LegacyEnvSource", "legacy_overrides"]
 
-_SIMPLE: dict[str, tuple[str, ...]] = {
-    "SMTP_HOST": ("smtp", "host"),
+_INTEGERS: dict[str, tuple[str, ...]] = {
     "SMTP_PORT": ("smtp", "port"),
     "SMTP_MAX_SIZE": ("smtp", "max_message_size"),
     "WEB_UI_PORT": ("http", "port"),
     "QUEUE_MAX_RETRIES": ("delivery", "retry", "max_attempts"),
 }
+_STRINGS: dict[str, tuple[str, ...]] = {
+    "SMTP_HOST": ("smtp", "host"),
+}
+
+
+def _integer(value: str | None) -> int | None:
+    """`"25"` → 25; anything else (unset, empty, `tcp://10.96.0.12:25`) → None."""
+    if value is None or not re.fullmatch(r"[0-9]+", value.strip()):
+        return None
+    return int(value)
 
 
 def legacy_overrides(env: dict[str, str]) -> dict[str, Any]:
     """Nested settings data taken from the previous relay's variables present in `env`."""
     data: dict[str, Any] = {}
-    for name, path in _SIMPLE.items():
+    for name, path in _STRINGS.items():
         if env.get(name):
             _set(data, path, env[name])
+    for name, path in _INTEGERS.items():
+        number = _integer(env.get(name))
+        if number is not None:
+            _set(data, path, number)
     user, password = env.get("SMTP_AUTH_USERNAME"), env.get("SMTP_AUTH_PASSWORD")
     if user and password:
         _set(data, ("smtp", "users"), [{"username": user, "password": password}])
@@ -36,7 +54,8 @@ def legacy_overrides(env: dict[str, str]) -> dict[str, Any]:
         credentials = quote(env.get("MYSQL_USER", "root"), safe="")
         if env.get("MYSQL_PASSWORD"):
             credentials += ":" + quote(env["MYSQL_PASSWORD"], safe="")
-        url = f"mysql://{credentials}@{env['MYSQL_HOST']}:{env.get('MYSQL_PORT', '3306')}"
+        port = _integer(env.get("MYSQL_PORT"))  # a Service named "mysql" injects MYSQL_PORT=tcp://…
+        url = f"mysql://{credentials}@{env['MYSQL_HOST']}:{3306 if port is None else port}"
         _set(data, ("database_url",), f"{url}/{env.get('MYSQL_DATABASE', 'relay')}")
     return data
 

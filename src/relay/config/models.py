@@ -22,7 +22,7 @@ from .providers import (
     SandboxSettings,
     UpstreamSmtpSettings,
 )
-from .secrets import Secret
+from .secrets import NonEmptySecret, Secret
 
 __all__ = [
     "ApiKey",
@@ -59,7 +59,7 @@ def _network(value: str) -> str:
 
 class SmtpUser(_Model):
     username: str = Field(min_length=1)
-    password: Secret
+    password: NonEmptySecret  # "" (or env:X with X set to "") would be no password at all
 
 
 class SmtpSettings(_Model):

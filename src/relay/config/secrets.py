@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, SecretStr
 
-__all__ = ["Secret", "resolve_secret"]
+__all__ = ["NonEmptySecret", "Secret", "resolve_secret"]
 
 _ENV_PREFIX = "env:"
 
@@ -25,4 +25,15 @@ def resolve_secret(value: Any) -> Any:
     return value
 
 
+def resolve_non_empty_secret(value: Any) -> Any:
+    """`resolve_secret`, and refuse an empty result, naming the variable when it came from one."""
+    resolved = resolve_secret(value)
+    if resolved == "":
+        if isinstance(value, str) and value.startswith(_ENV_PREFIX):
+            raise ValueError(f"environment variable {value[len(_ENV_PREFIX) :]} is empty")
+        raise ValueError("must not be empty")
+    return resolved
+
+
 Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+NonEmptySecret = Annotated[SecretStr, BeforeValidator(resolve_non_empty_secret)]

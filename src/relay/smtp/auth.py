@@ -7,11 +7,14 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+import structlog
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from ..config import SmtpUser
 
 __all__ = ["Authenticator", "NetworkPolicy"]
+
+log = structlog.get_logger(__name__)
 
 
 class Authenticator:
@@ -26,9 +29,24 @@ class Authenticator:
         expected = self._users.get(auth_data.login)
         # Compare against a dummy when the user is unknown, so timing does not reveal valid usernames.
         ok = hmac.compare_digest(expected or b"\0" * 32, auth_data.password) and expected is not None
+        if not ok:  # never the password, not even its length
+            log.warning(
+                "smtp.auth_failed", peer=_peer(session), username=_printable(auth_data.login), mechanism=mechanism
+            )
         # handled=False: aiosmtpd then answers a failure itself (535 5.7.8); with its default (handled=True) it
         # sends nothing and the client waits for a reply until the session times out.
         return AuthResult(success=ok, handled=False, auth_data=auth_data.login.decode(errors="replace") if ok else None)
+
+
+def _peer(session: Any) -> str | None:
+    peer = getattr(session, "peer", None)
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def _printable(login: bytes, limit: int = 100) -> str:
+    """The username as the client sent it, with control characters escaped so it cannot forge log lines."""
+    text = login.decode(errors="backslashreplace")[:limit]
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class NetworkPolicy:

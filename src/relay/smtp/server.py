@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 from typing import Any, AnyStr
 
+import structlog
 from aiosmtpd.smtp import SMTP
 
 from ..config import SmtpSettings
 from .auth import Authenticator
 from .handler import RelayHandler
 
-__all__ = ["RelaySMTP", "start_smtp_server"]
+__all__ = ["AUTH_ATTEMPTS_PER_SESSION", "COMMAND_CALL_LIMIT", "RelaySMTP", "start_smtp_server"]
 
+log = structlog.get_logger(__name__)
 logging.getLogger("mail.log").setLevel(logging.ERROR)  # per-command chatter and deprecation notes
+
+# AUTH commands one session may send; the next one gets "421 4.7.0 AUTH sent too many times" and the
+# connection is closed, so passwords cannot be guessed at line speed. A real client needs one.
+AUTH_ATTEMPTS_PER_SESSION = 5
+# aiosmtpd's per-session command budgets. "*" covers every other command and defaults to 20 in aiosmtpd,
+# but one session may legitimately send thousands of messages (MAIL, RCPT, DATA, RSET, NOOP …): unlimited.
+COMMAND_CALL_LIMIT: dict[str, int] = {"AUTH": AUTH_ATTEMPTS_PER_SESSION, "*": sys.maxsize}
 
 
 class RelaySMTP(SMTP):
@@ -25,7 +35,14 @@ class RelaySMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
-        if text.startswith("552 Error"):  # aiosmtpd's size refusals carry no enhanced status code
+        if text.startswith("421 4.7.0 ") and text.endswith(" sent too many times"):
+            peer = self.session.peer if self.session is not None else None
+            log.warning(
+                "smtp.command_limit",
+                peer=str(peer[0]) if isinstance(peer, tuple) and peer else None,
+                command=text.split()[2],
+            )
+        elif text.startswith("552 Error"):  # aiosmtpd's size refusals carry no enhanced status code
             text = "552 5.3.4 Message size exceeds fixed maximum message size"
         await super().push(text)
 
@@ -53,6 +70,7 @@ async def start_smtp_server(settings: SmtpSettings, handler: RelayHandler) -> as
             timeout=settings.timeout_seconds,
             auth_require_tls=settings.auth_require_tls,
             authenticator=authenticator,
+            command_call_limit=COMMAND_CALL_LIMIT,
             loop=loop,
         )
 
