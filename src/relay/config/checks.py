@@ -30,8 +30,18 @@ def _workspace_problems(settings: Settings) -> Iterator[Problem]:
         for j, pool_id in enumerate(workspace.load_balancing.pools):
             if pool_id not in pool_ids:
                 yield Problem(f"{where}.load_balancing.pools[{j}]", f'unknown pool "{pool_id}"')
-    if settings.fallback_workspace is not None and settings.fallback_workspace not in seen_ids:
+    fallback = settings.workspace(settings.fallback_workspace) if settings.fallback_workspace else None
+    if settings.fallback_workspace is not None and fallback is None:
         yield Problem("fallback_workspace", f'unknown workspace "{settings.fallback_workspace}"')
+    elif fallback is not None and not fallback.provider.enabled:
+        yield Problem("fallback_workspace", f'workspace "{fallback.id}" is disabled')
+    elif fallback is None and any(p.enabled for p in settings.load_balancing_pools):
+        # Until pool selection ships, pool senders are delivered through the fallback workspace; without
+        # one their mail would be accepted and then wait in the queue until it expires.
+        yield Problem(
+            "fallback_workspace",
+            "required while load_balancing_pools are enabled: pool senders are delivered through it in this version",
+        )
 
 
 def _pool_problems(settings: Settings) -> Iterator[Problem]:
