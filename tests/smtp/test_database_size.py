@@ -14,6 +14,12 @@ from tests.support.relay import config, sandbox_workspace, start_relay
 from tests.support.services import fresh_database
 
 
+def advertised_size(host: str, port: int) -> int:
+    with smtplib.SMTP(host, port) as client:
+        client.ehlo()
+        return int(client.esmtp_features["size"])
+
+
 @pytest.fixture
 def mariadb_url(tmp_path: Path) -> Iterator[str]:
     with fresh_database("mariadb", tmp_path) as url:
@@ -28,14 +34,7 @@ async def test_size_follows_max_allowed_packet(mariadb_url: str, tmp_path: Path,
     try:
         packet = await relay.db.max_packet_bytes()
         assert packet is not None
-        host, port = relay.smtp_address
-
-        def ehlo_size() -> int:
-            with smtplib.SMTP(host, port) as client:
-                client.ehlo()
-                return int(client.esmtp_features["size"])
-
-        assert await asyncio.to_thread(ehlo_size) == packet - (1 << 20)
+        assert await asyncio.to_thread(advertised_size, *relay.smtp_address) == packet - (1 << 20)
     finally:
         await relay.stop()
 
@@ -44,13 +43,6 @@ async def test_size_is_kept_when_the_database_has_room(sqlite_url: str, tmp_path
     data = config(sqlite_url, [sandbox_workspace("sb", ["joinmednet.org"], outbox)], smtp={"max_message_size": 1 << 30})
     relay = await start_relay(data, tmp_path)
     try:
-        host, port = relay.smtp_address
-
-        def ehlo_size() -> int:
-            with smtplib.SMTP(host, port) as client:
-                client.ehlo()
-                return int(client.esmtp_features["size"])
-
-        assert await asyncio.to_thread(ehlo_size) == 1 << 30
+        assert await asyncio.to_thread(advertised_size, *relay.smtp_address) == 1 << 30
     finally:
         await relay.stop()
