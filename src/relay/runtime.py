@@ -18,7 +18,7 @@ from .api import create_app
 from .clock import Clock, SystemClock
 from .config import Settings, SmtpSettings
 from .delivery import DeliveryWorker, RetryPolicy
-from .providers import Provider, build_provider
+from .providers import Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
 from .store import Database, Ingest, MessageQueue, WorkspaceStates
@@ -64,7 +64,8 @@ class Relay:
 
     async def start(self) -> None:
         s = self.settings
-        self.providers = {w.id: build_provider(w, self.rng) for w in s.workspaces if w.provider.enabled}
+        context = ProviderContext(rng=self.rng, clock=self.clock)
+        self.providers = {w.id: build_provider(w, context) for w in s.workspaces if w.provider.enabled}
         await self.db.upgrade()
         if s.instance_name:
             released = await self.queue.release_leases(s.instance_name)
@@ -78,6 +79,11 @@ class Relay:
             router=router,
             providers=self.providers,
             policy=RetryPolicy.from_settings(s.delivery.retry),
+            header_rewrites={
+                w.id: tuple((r.header_name, r.new_value) for r in w.provider.header_rewrite.rules)
+                for w in s.workspaces
+                if w.provider.header_rewrite.enabled
+            },
             owner=self.owner,
             concurrency=s.delivery.concurrency,
             lease_seconds=s.delivery.lease_seconds,

@@ -29,8 +29,10 @@ class _Section(BaseModel):
 
 
 class HeaderRewriteRule(_Section):
-    header_name: str = Field(min_length=1)
-    new_value: str = ""  # empty removes the header, as in the previous relay
+    """Set `header_name` to `new_value` (replacing it, or adding it when missing); an empty value removes it."""
+
+    header_name: str = Field(min_length=1, max_length=76, pattern=r"^[!-9;-~]+$")  # RFC 5322 field-name
+    new_value: str = Field(default="", max_length=900, pattern=r"^[^\r\n]*$")  # no header injection
 
 
 class HeaderRewrite(_Section):

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from ..clock import Clock, SystemClock
-from ..mime import PRIVATE_HEADERS, remove_fields
+from ..mime import PRIVATE_HEADERS, remove_fields, rewrite_headers
 from ..providers import OutboundMessage, Outcome, Provider
 from ..routing import Router
 from ..store import (
@@ -50,6 +50,7 @@ class DeliveryWorker:
         providers: Mapping[str, Provider],
         policy: RetryPolicy,
         owner: str,
+        header_rewrites: Mapping[str, tuple[tuple[str, str], ...]] | None = None,
         concurrency: int = 64,
         lease_seconds: float = 300.0,
         poll_interval: float = 1.0,
@@ -63,6 +64,7 @@ class DeliveryWorker:
         self._providers = providers
         self._policy = policy
         self._owner = owner
+        self._header_rewrites = header_rewrites or {}
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
@@ -209,7 +211,9 @@ class DeliveryWorker:
             id=message.id,
             mail_from=message.mail_from,
             recipients=message.pending_rcpts,
-            data=remove_fields(message.raw, PRIVATE_HEADERS),
+            data=rewrite_headers(
+                remove_fields(message.raw, PRIVATE_HEADERS), self._header_rewrites.get(workspace_id, ())
+            ),
         )
         started = self._clock.now()
         outcome = await self._send(provider, outbound)
@@ -225,6 +229,7 @@ class DeliveryWorker:
             if outcome.kind == "sent"
             else outcome.response,
             provider_message_id=outcome.provider_message_id,
+            recipients=outcome.recipient_results or None,
         )
         transition = self._transition(message, outcome, finished)
         if not await self._record(message, attempt, transition):

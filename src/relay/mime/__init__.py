@@ -2,5 +2,13 @@
 
 from .headers import header_values, remove_fields, split_header_block
 from .mandrill_headers import PRIVATE_HEADERS, extract_metadata
+from .rewrite import rewrite_headers
 
-__all__ = ["PRIVATE_HEADERS", "extract_metadata", "header_values", "remove_fields", "split_header_block"]
+__all__ = [
+    "PRIVATE_HEADERS",
+    "extract_metadata",
+    "header_values",
+    "remove_fields",
+    "rewrite_headers",
+    "split_header_block",
+]

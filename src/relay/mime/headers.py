@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-__all__ = ["header_values", "remove_fields", "split_header_block"]
+__all__ = ["fields", "header_values", "remove_fields", "split_header_block"]
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 
@@ -24,7 +24,7 @@ def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:end], raw[end:]
 
 
-def _fields(header_block: bytes) -> Iterator[tuple[bytes, bytes]]:
+def fields(header_block: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(lower-cased field name, all raw bytes of the field with its folded lines)."""
     name, chunks = b"", list[bytes]()
     for line in _LINE.findall(header_block):
@@ -42,7 +42,7 @@ def remove_fields(raw: bytes, names: Iterable[str]) -> bytes:
     """The message without the top-level header fields named in `names` (case-insensitive)."""
     drop = {n.lower().encode("ascii") for n in names}
     header_block, body = split_header_block(raw)
-    kept = [chunk for name, chunk in _fields(header_block) if name not in drop]
+    kept = [chunk for name, chunk in fields(header_block) if name not in drop]
     return b"".join(kept) + body
 
 
@@ -51,7 +51,7 @@ def header_values(raw: bytes, name: str) -> list[str]:
     wanted = name.lower().encode("ascii")
     header_block, _ = split_header_block(raw)
     values = []
-    for field_name, chunk in _fields(header_block):
+    for field_name, chunk in fields(header_block):
         if field_name == wanted:
             value = chunk.split(b":", 1)[1]
             unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()

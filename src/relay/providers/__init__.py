@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from ..clock import Clock, SystemClock
 from ..config import SandboxSettings, UpstreamSmtpSettings, Workspace
 from ..errors import ProviderError
 from .base import Provider
@@ -20,6 +22,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Provider",
+    "ProviderContext",
     "SandboxProvider",
     "SmtpProvider",
     "build_provider",
@@ -28,28 +31,36 @@ __all__ = [
 ]
 
 
-def _smtp(workspace: Workspace, _rng: random.Random) -> Provider:
+@dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What a provider may need besides its config section: chance and time, injected."""
+
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Clock = field(default_factory=SystemClock)
+
+
+def _smtp(workspace: Workspace, _context: ProviderContext) -> Provider:
     assert isinstance(workspace.provider, UpstreamSmtpSettings)
     return SmtpProvider(workspace.id, workspace.provider)
 
 
-def _sandbox(workspace: Workspace, rng: random.Random) -> Provider:
+def _sandbox(workspace: Workspace, context: ProviderContext) -> Provider:
     assert isinstance(workspace.provider, SandboxSettings)
-    return SandboxProvider(workspace.id, workspace.provider, rng)
+    return SandboxProvider(workspace.id, workspace.provider, context.rng)
 
 
 # One line per provider kind; the kinds match the config's provider section names.
-PROVIDERS: dict[str, Callable[[Workspace, random.Random], Provider]] = {
+PROVIDERS: dict[str, Callable[[Workspace, ProviderContext], Provider]] = {
     "smtp": _smtp,
     "sandbox": _sandbox,
 }
 
 
-def build_provider(workspace: Workspace, rng: random.Random | None = None) -> Provider:
+def build_provider(workspace: Workspace, context: ProviderContext | None = None) -> Provider:
     factory = PROVIDERS.get(workspace.provider.kind)
     if factory is None:
         raise ProviderError(
             f'workspace "{workspace.id}": provider kind "{workspace.provider.kind}" is not available in this '
             f"version (available: {', '.join(sorted(PROVIDERS))})"
         )
-    return factory(workspace, rng or random.Random())
+    return factory(workspace, context or ProviderContext())

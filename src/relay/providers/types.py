@@ -33,6 +33,9 @@ class Outcome:
     retry_after: float | None = None  # seconds, when the provider said how long to wait
     retry_recipients: tuple[str, ...] = ()
     rejected_recipients: dict[str, str] = field(default_factory=dict)
+    # What the provider said about each recipient when it says it per recipient (Mandrill):
+    # recipient -> "sent" | "queued" | "scheduled" | "rejected: <reason>" | "invalid" | ...
+    recipient_results: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

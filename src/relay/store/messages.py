@@ -41,6 +41,7 @@ class AttemptView:
     started_at: datetime
     finished_at: datetime
     latency_ms: int
+    recipients: dict[str, str] | None
 
 
 class Messages:
@@ -91,6 +92,7 @@ class Messages:
                 started_at=from_db(r.started_at),
                 finished_at=from_db(r.finished_at),
                 latency_ms=r.latency_ms,
+                recipients=r.recipients,
             )
             for r in rows
         ]

@@ -159,4 +159,5 @@ def _attempt_row(message: QueuedMessage, attempt: AttemptRecord) -> dict[str, An
         "provider_response": (attempt.provider_response or "")[:4000] or None,
         "provider_message_id": attempt.provider_message_id,
         "latency_ms": attempt.latency_ms,
+        "recipients": attempt.recipients,
     }

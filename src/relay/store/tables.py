@@ -61,6 +61,7 @@ delivery_attempts = sa.Table(
     sa.Column("provider_response", sa.Text, nullable=True),
     sa.Column("provider_message_id", sa.String(255), nullable=True),
     sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("recipients", sa.JSON, nullable=True),
     sa.Index("ix_delivery_attempts_message_id", "message_id"),
 )
 

@@ -64,6 +64,7 @@ class AttemptRecord:
     provider_status: str | None = None
     provider_response: str | None = None
     provider_message_id: str | None = None
+    recipients: dict[str, str] | None = None  # per-recipient result, when the provider gives one
 
     @property
     def latency_ms(self) -> int:
