@@ -351,3 +351,16 @@ def test_a_provider_kind_without_an_implementation_is_refused_clearly(tmp_path: 
         pytest.skip("mandrill is implemented")
     with pytest.raises(ProviderError, match='workspace "m": provider kind "mandrill" is not available'):
         build_provider(workspace)
+
+
+def test_header_rewrite_rules_cannot_inject_headers(tmp_path: Path) -> None:
+    data = example()
+    data["workspaces"][0]["sandbox"]["header_rewrite"] = {
+        "enabled": True,
+        "rules": [{"header_name": "X-A", "new_value": "x\r\nBcc: victim@example.org"}, {"header_name": "Bad Name"}],
+    }
+    found = problems(tmp_path, data)
+    assert [p.split(":", 1)[0] for p in found] == [
+        "workspaces[0].sandbox.header_rewrite.rules[0].new_value",
+        "workspaces[0].sandbox.header_rewrite.rules[1].header_name",
+    ]
