@@ -10,6 +10,9 @@ from ..clock import Clock, SystemClock
 from ..config import SandboxSettings, UpstreamSmtpSettings, Workspace
 from ..errors import ProviderError
 from .base import Provider
+from .gmail import GmailProvider
+from .mailgun import MailgunProvider, sending_domain
+from .mandrill import MandrillProvider
 from .sandbox import SandboxProvider
 from .smtp import SmtpProvider
 from .smtp_replies import classify_reply, enhanced_code
@@ -49,10 +52,29 @@ def _sandbox(workspace: Workspace, context: ProviderContext) -> Provider:
     return SandboxProvider(workspace.id, workspace.provider, context.rng)
 
 
+def _mailgun(workspace: Workspace, context: ProviderContext) -> Provider:
+    settings = workspace.mailgun
+    assert settings is not None
+    return MailgunProvider(workspace.id, settings, sending_domain(workspace, settings), clock=context.clock)
+
+
+def _mandrill(workspace: Workspace, context: ProviderContext) -> Provider:
+    assert workspace.mandrill is not None
+    return MandrillProvider(workspace.id, workspace.mandrill, clock=context.clock)
+
+
+def _gmail(workspace: Workspace, context: ProviderContext) -> Provider:
+    assert workspace.gmail is not None
+    return GmailProvider(workspace.id, workspace.gmail, domains=workspace.all_domains, clock=context.clock)
+
+
 # One line per provider kind; the kinds match the config's provider section names.
 PROVIDERS: dict[str, Callable[[Workspace, ProviderContext], Provider]] = {
     "smtp": _smtp,
     "sandbox": _sandbox,
+    "gmail": _gmail,
+    "mailgun": _mailgun,
+    "mandrill": _mandrill,
 }
 
 
