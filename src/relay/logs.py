@@ -13,7 +13,10 @@ __all__ = ["configure_logging"]
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     numeric = logging.getLevelNamesMapping()[level.upper()]
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        # plain_traceback: rich's formatter prints every frame's local variables, which can hold API keys.
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[

@@ -200,3 +200,24 @@ async def test_a_soft_bounce_is_retried_for_that_recipient_only(env: Env) -> Non
         ("sent", {"ok@example.org": "sent", "later@example.org": "rejected: soft-bounce"}),
         ("sent", {"later@example.org": "sent"}),
     ]
+
+
+async def test_an_hourly_quota_hold_is_accepted_and_pauses_the_workspace(env: Env) -> None:
+    """notes §5: `queued` for `hourly-quota-exhausted` is sent (Mandrill holds it) and the workspace is
+    quota-limited: later mail waits for the hour instead of piling up in Mandrill's backlog."""
+    env.mandrill.answer("a@example.org", "queued", queued_reason="hourly-quota-exhausted", times=1)
+    raw = b"From: app@joinmednet.org\r\nTo: a@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    first = await env.submit(["a@example.org"], raw)
+    view = await env.settled(first, "sent")
+    assert view.next_attempt_at is None  # accepted: never sent again
+    state = (await env.relay.states.all())["mandrill-1"]
+    assert state.state == "paused"
+    assert state.recheck_at is not None
+    wait = (state.recheck_at - state.changed_at).total_seconds()
+    assert 3599 <= wait <= 3601
+    second = await env.submit(["b@example.org"], raw)
+    later = await env.settled(second, "deferred")
+    assert later.last_error is not None
+    assert later.last_error.startswith('workspace "mandrill-1" is paused: 200 quota-limited')
+    assert await Messages(env.relay.db).attempts(second) == []
+    assert len(env.mandrill.deliveries) == 1

@@ -3,7 +3,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.mime import PRIVATE_HEADERS, extract_metadata, header_values, remove_fields, split_header_block
+from relay.mime import (
+    PRIVATE_HEADERS,
+    PRIVATE_PREFIXES,
+    extract_metadata,
+    header_values,
+    remove_fields,
+    split_header_block,
+)
 
 MESSAGE = (
     b"From: Brian <brian@invite.com>\r\n"
@@ -36,6 +43,11 @@ def test_header_names_match_case_insensitively_and_lf_messages_work() -> None:
     raw = b"bcc: x@y.z\nSubject: s\n\nbody\n"
     assert remove_fields(raw, ["BCC"]) == b"Subject: s\n\nbody\n"
     assert split_header_block(raw) == (b"bcc: x@y.z\nSubject: s\n\n", b"body\n")
+
+
+def test_every_x_mc_field_is_private() -> None:
+    raw = b"X-MC-BccAddress: spy@example.org\r\nx-mc-subaccount: other\r\nX-MCX: kept\r\nSubject: s\r\n\r\nb\r\n"
+    assert remove_fields(raw, PRIVATE_HEADERS, PRIVATE_PREFIXES) == b"X-MCX: kept\r\nSubject: s\r\n\r\nb\r\n"
 
 
 def test_resent_bcc_is_private_too() -> None:

@@ -130,6 +130,17 @@ TABLE: list[tuple[str, Callable[[GmailState], None], str, str, float | None]] = 
         None,
     ),
     (
+        "token 400 invalid_grant, clock skew",
+        lambda s: s.fail_token(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe",
+        ),
+        "auth",
+        "400",
+        None,
+    ),
+    (
         "token 500 internal_failure",
         lambda s: s.fail_token(500, "internal_failure", "Backend Error"),
         "retry",
@@ -281,6 +292,17 @@ async def test_over_the_upload_limit_is_refused_before_any_request(gmail: Gmail)
     outcome = await gmail.provider().send(outbound(data=big, recipients=("to@example.org",)))
     assert (outcome.kind, outcome.status) == ("permanent", "413")
     assert gmail.state.token_calls == [] and gmail.state.send_calls == []
+
+
+async def test_more_than_100_recipients_is_refused_before_any_request(gmail: Gmail) -> None:
+    """Gmail takes at most 100 recipients per message through the API, and the headers decide delivery."""
+    recipients = tuple(f"r{n}@example.org" for n in range(101))
+    outcome = await gmail.provider().send(outbound(recipients=recipients))
+    assert outcome.kind == "permanent"
+    assert outcome.response == "103 recipients; the Gmail API takes at most 100"  # 101 + To + Cc
+    assert gmail.state.token_calls == [] and gmail.state.send_calls == []
+    hundred = await gmail.provider().send(outbound(recipients=recipients[:98]))  # + To and Cc in MESSAGE = 100
+    assert hundred.kind == "sent"
 
 
 class _Broken(httpx.AsyncBaseTransport):

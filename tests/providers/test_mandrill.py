@@ -205,6 +205,24 @@ async def test_a_recipient_missing_from_the_answer_is_retried(make: Callable[...
     assert outcome.recipient_results["b@x.org"] == "no result in Mandrill's answer"
 
 
+async def test_a_malformed_reason_never_raises_after_a_200() -> None:
+    """A 200 means Mandrill may hold copies: raising here would make the worker send them all again."""
+
+    def odd(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            json=[
+                {"email": "a@example.org", "status": "sent", "reject_reason": ["?"], "_id": "x"},
+                {"email": "b@x.org", "status": "rejected", "reject_reason": {"a": 1}, "queued_reason": 5},
+            ],
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(odd)) as client:
+        outcome = await MandrillProvider("md", settings(), client=client).send(message("a@example.org", "b@x.org"))
+    assert outcome.kind == "sent"
+    assert outcome.recipient_results == {"a@example.org": "sent", "b@x.org": "rejected"}
+
+
 # --- API errors (HTTP 500 with a name) and transport failures -----------------------------------------------------
 
 ERRORS = [

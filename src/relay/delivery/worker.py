@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from ..clock import Clock, SystemClock
-from ..mime import PRIVATE_HEADERS, remove_fields, rewrite_headers
+from ..mime import PRIVATE_HEADERS, PRIVATE_PREFIXES, remove_fields, rewrite_headers
 from ..providers import OutboundMessage, Outcome, Provider
 from ..routing import Router
 from ..store import (
@@ -181,9 +181,9 @@ class DeliveryWorker:
             await self._queue.complete(message, None, self._transition(message, outcome, now, counted=False))
             return
         state = self._workspace_states.get(workspace_id)
-        if state is not None and state.state == "broken" and state.recheck_at and state.recheck_at > now:
+        if state is not None and state.state != "active" and state.recheck_at and state.recheck_at > now:
             self._not_started.pop(message.id, None)
-            reason = f'workspace "{workspace_id}" is broken: {state.reason}'
+            reason = f'workspace "{workspace_id}" is {state.state}: {state.reason}'
             await self._queue.complete(message, None, Deferred(until=state.recheck_at, reason=reason))
             return
         slot = self._slots.setdefault(workspace_id, asyncio.Semaphore(provider.concurrency))
@@ -212,7 +212,8 @@ class DeliveryWorker:
             mail_from=message.mail_from,
             recipients=message.pending_rcpts,
             data=rewrite_headers(
-                remove_fields(message.raw, PRIVATE_HEADERS), self._header_rewrites.get(workspace_id, ())
+                remove_fields(message.raw, PRIVATE_HEADERS, PRIVATE_PREFIXES),
+                self._header_rewrites.get(workspace_id, ()),
             ),
         )
         started = self._clock.now()
@@ -285,13 +286,19 @@ class DeliveryWorker:
     async def _update_workspace_state(
         self, workspace_id: str, state: WorkspaceState | None, outcome: Outcome, now: datetime
     ) -> None:
-        if outcome.kind == "auth":
+        if outcome.workspace_wait:
+            until = now + timedelta(seconds=outcome.workspace_wait)
+            reason = _summary(outcome)
+            await self._states.mark_paused(workspace_id, reason, until)
+            self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "paused", reason, now, until)
+            log.warning("workspace.paused", workspace_id=workspace_id, until=until.isoformat(), response=reason)
+        elif outcome.kind == "auth":
             recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
             reason = _summary(outcome) or "credentials refused"
             await self._states.mark_broken(workspace_id, reason, recheck)
             self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "broken", reason, now, recheck)
             log.warning("workspace.broken", workspace_id=workspace_id, response=reason)
-        elif outcome.kind == "sent" and state is not None and state.state == "broken":
+        elif outcome.kind == "sent" and state is not None and state.state != "active":
             await self._states.mark_active(workspace_id)
             self._workspace_states.pop(workspace_id, None)
             log.info("workspace.recovered", workspace_id=workspace_id)

@@ -1,11 +1,12 @@
 """Byte-exact header operations on raw messages (no re-serialisation)."""
 
 from .headers import header_values, remove_fields, split_header_block
-from .mandrill_headers import PRIVATE_HEADERS, extract_metadata
+from .mandrill_headers import PRIVATE_HEADERS, PRIVATE_PREFIXES, extract_metadata
 from .rewrite import rewrite_headers
 
 __all__ = [
     "PRIVATE_HEADERS",
+    "PRIVATE_PREFIXES",
     "extract_metadata",
     "header_values",
     "remove_fields",

@@ -38,11 +38,15 @@ def fields(header_block: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield name, b"".join(chunks)
 
 
-def remove_fields(raw: bytes, names: Iterable[str]) -> bytes:
-    """The message without the top-level header fields named in `names` (case-insensitive)."""
+def remove_fields(raw: bytes, names: Iterable[str], prefixes: Iterable[str] = ()) -> bytes:
+    """The message without the top-level header fields named in `names` or starting with one of `prefixes`
+    (both case-insensitive)."""
     drop = {n.lower().encode("ascii") for n in names}
+    starts = tuple(p.lower().encode("ascii") for p in prefixes)
     header_block, body = split_header_block(raw)
-    kept = [chunk for name, chunk in fields(header_block) if name not in drop]
+    kept = [
+        chunk for name, chunk in fields(header_block) if name not in drop and not (starts and name.startswith(starts))
+    ]
     return b"".join(kept) + body
 
 

@@ -7,10 +7,13 @@ from typing import Any
 
 from .headers import header_values
 
-__all__ = ["PRIVATE_HEADERS", "extract_metadata"]
+__all__ = ["PRIVATE_HEADERS", "PRIVATE_PREFIXES", "extract_metadata"]
 
 # Never reach a recipient: Bcc (RFC 5322 §3.6.3) and the instructions meant for the relay only.
 PRIVATE_HEADERS: tuple[str, ...] = ("Bcc", "Resent-Bcc", "X-MC-Tags", "X-MC-Metadata")
+# Every `X-MC-*` field is an instruction to a relay (Mandrill reads them: X-MC-BccAddress adds a recipient,
+# X-MC-Subaccount picks an account), never content: a client must not steer a workspace through them.
+PRIVATE_PREFIXES: tuple[str, ...] = ("X-MC-",)
 
 
 def extract_metadata(raw: bytes) -> dict[str, Any]:

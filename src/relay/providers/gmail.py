@@ -45,6 +45,7 @@ __all__ = ["GMAIL_SEND_SCOPE", "MAX_UPLOAD_BYTES", "GmailProvider"]
 
 GMAIL_SEND_SCOPE = "https://www.googleapis.com/auth/gmail.send"
 MAX_UPLOAD_BYTES = 36_700_160  # discovery document: mediaUpload.maxSize "36700160" (35 MiB)
+MAX_RECIPIENTS = 100  # per message through the API or SMTP (support.google.com/a/answer/166852)
 _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _ASSERTION_LIFETIME = 3600  # Google refuses an assertion whose exp is more than an hour after iat
 _RENEW_BEFORE = 300.0  # seconds before expiry a cached token is replaced (capped at half its lifetime)
@@ -120,6 +121,14 @@ class GmailProvider:
                 f"({', '.join(self._domains) or 'none'}) and gmail.require_valid_sender is set",
             )
         data = with_bcc(message.data, message.recipients)
+        addressed = {
+            a.lower() for _, a in getaddresses([v for f in ("To", "Cc", "Bcc") for v in header_values(data, f)])
+        }
+        if len(addressed) > MAX_RECIPIENTS:
+            # Gmail delivers to every header address, so the message cannot be split: refuse it clearly.
+            return Outcome(
+                "permanent", response=f"{len(addressed)} recipients; the Gmail API takes at most {MAX_RECIPIENTS}"
+            )
         if len(data) > MAX_UPLOAD_BYTES:
             return Outcome(
                 "permanent", status="413", response=f"{len(data)} bytes is over Gmail's {MAX_UPLOAD_BYTES} limit"

@@ -248,7 +248,10 @@ def _results(recipients: Sequence[str], answer: list[Any]) -> list[_Result]:
             results.append(_Result(recipient, "no result in Mandrill's answer", "retry"))
             continue
         status = str(entry.get("status"))
-        reject, queued = entry.get("reject_reason"), entry.get("queued_reason")
+        # Anything but a string is treated as absent: a malformed answer must never raise after a 200, or the
+        # message would be sent again to recipients Mandrill already took.
+        reject = entry.get("reject_reason") if isinstance(entry.get("reject_reason"), str) else None
+        queued = entry.get("queued_reason") if isinstance(entry.get("queued_reason"), str) else None
         kind, hold = recipient_outcome(status, reject, queued)
         reason = reject if status == "rejected" else queued if status == "queued" else None
         text = f"{status}: {reason}" if reason else status
@@ -285,4 +288,5 @@ def _combine(results: list[_Result]) -> Outcome:
         retry_recipients=pending,
         rejected_recipients=rejected,
         recipient_results={r.recipient: r.text for r in results},
+        workspace_wait=retry_after,
     )

@@ -36,6 +36,9 @@ class Outcome:
     # What the provider said about each recipient when it says it per recipient (Mandrill):
     # recipient -> "sent" | "queued" | "scheduled" | "rejected: <reason>" | "invalid" | ...
     recipient_results: dict[str, str] = field(default_factory=dict)
+    # Seconds the whole workspace should get no new mail: an account-level quota was reached even though this
+    # message was taken (Mandrill holds it). Unlike `retry_after`, this is about the workspace, not the message.
+    workspace_wait: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

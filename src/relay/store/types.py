@@ -98,7 +98,7 @@ Transition = Sent | Deferred | Failed
 @dataclass(frozen=True, slots=True)
 class WorkspaceState:
     id: str
-    state: Literal["active", "broken"]
+    state: Literal["active", "broken", "paused"]
     reason: str | None
     changed_at: datetime
     recheck_at: datetime | None

@@ -38,6 +38,10 @@ class WorkspaceStates:
     async def mark_broken(self, workspace_id: str, reason: str, recheck_at: datetime) -> None:
         await self._set(workspace_id, state="broken", state_reason=reason[:2000], recheck_at=to_db(recheck_at))
 
+    async def mark_paused(self, workspace_id: str, reason: str, until: datetime) -> None:
+        """No new mail until `until`: an account-level quota (the workspace itself is fine)."""
+        await self._set(workspace_id, state="paused", state_reason=reason[:2000], recheck_at=to_db(until))
+
     async def mark_active(self, workspace_id: str) -> None:
         await self._set(workspace_id, state="active", state_reason=None, recheck_at=None)
 
