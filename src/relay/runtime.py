@@ -9,6 +9,7 @@ import random
 import socket
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import sqlalchemy as sa
 import structlog
@@ -17,11 +18,13 @@ import uvicorn
 from .api import create_app
 from .clock import Clock, SystemClock
 from .config import Settings, SmtpSettings
-from .delivery import DeliveryWorker, RetryPolicy
+from .delivery import CapacityGate, DeliveryWorker, RetryPolicy
+from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits
+from .limits.policy import cost_of, limits_for
 from .providers import Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
-from .store import Database, Ingest, MessageQueue, WorkspaceStates
+from .store import Database, Ingest, MessageQueue, Messages, WorkspaceStates
 
 __all__ = ["Relay"]
 
@@ -50,6 +53,8 @@ class Relay:
         self.states = WorkspaceStates(self.db, self.clock)
         self.ingest = Ingest(self.db)
         self.providers: dict[str, Provider] = {}
+        self.limits: LimitBackend = RedisLimits(settings.redis_url) if settings.redis_url else MemoryLimits(self.clock)
+        self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
         self.worker: DeliveryWorker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._smtp: asyncio.Server | None = None
@@ -71,6 +76,8 @@ class Relay:
             released = await self.queue.release_leases(s.instance_name)
             if released:
                 log.info("delivery.leases_released", owner=s.instance_name, messages=released)
+        if isinstance(self.limits, MemoryLimits):
+            await self._restore_counts(self.limits)
         router = Router(s)
         self.ingest.start()
         self.worker = DeliveryWorker(
@@ -79,6 +86,7 @@ class Relay:
             router=router,
             providers=self.providers,
             policy=RetryPolicy.from_settings(s.delivery.retry),
+            gate=CapacityGate(self.limits, self._limits_for_send),
             header_rewrites={
                 w.id: tuple((r.header_name, r.new_value) for r in w.provider.header_rewrite.rules)
                 for w in s.workspaces
@@ -113,6 +121,29 @@ class Relay:
             workspaces=len(self.providers),
             owner=self.owner,
         )
+
+    def _limits_for_send(self, workspace_id: str, sender: str, recipients: int) -> tuple[list[Limit], int]:
+        rate_limits = self._rate_limits[workspace_id]
+        limits = limits_for(workspace_id, rate_limits, sender, self.settings.default_per_user_daily)
+        return limits, cost_of(rate_limits, recipients)
+
+    async def _restore_counts(self, limits: MemoryLimits) -> None:
+        """A restart must not reset a limit: count again what the window still holds, from the attempts."""
+        since = self.clock.now() - timedelta(hours=26)  # a rolling day, or a calendar day of up to 25 h
+        restored = 0
+        for send in await Messages(self.db).counted_sends(since):
+            if send.workspace_id not in self._rate_limits:
+                continue
+            daily = [
+                x
+                for x in self._limits_for_send(send.workspace_id, send.mail_from, send.recipients)[0]
+                if x.kind != "gcra"
+            ]
+            cost = cost_of(self._rate_limits[send.workspace_id], send.recipients)
+            await limits.record(daily, cost, send.at)
+            restored += 1
+        if restored:
+            log.info("limits.restored", sends=restored, since=since.isoformat())
 
     async def _fit_message_size(self, smtp: SmtpSettings) -> SmtpSettings:
         """Never advertise a SIZE the database cannot store: a message MariaDB refuses would get 451 forever."""
@@ -152,6 +183,11 @@ class Relay:
                 await connection.execute(sa.text("SELECT 1"))
         except Exception as exc:
             return f"database unavailable: {type(exc).__name__}"
+        if isinstance(self.limits, RedisLimits):
+            try:
+                await self.limits.usage([Limit("readyz", "rolling", 1)])
+            except Exception as exc:
+                return f"rate limits unavailable (Redis): {type(exc).__name__}; nothing is sent until it returns"
         return None
 
     async def stop(self) -> None:
@@ -169,5 +205,7 @@ class Relay:
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.aclose()
+        with contextlib.suppress(Exception):
+            await self.limits.aclose()
         await self.db.dispose()
         log.info("relay.stopped")

@@ -36,6 +36,8 @@ def config(database_url: str, workspaces: list[dict[str, Any]], **overrides: Any
         "http": {"host": "127.0.0.1", "port": free_port()},
         "database_url": database_url,
         "workspaces": workspaces,
+        # Tests of delivery mechanics send thousands of messages from one sender; the limits have their own tests.
+        "default_per_user_daily": 1_000_000,
         "delivery": {
             "poll_interval_seconds": 0.2,
             "lease_seconds": 30,

@@ -24,6 +24,7 @@ _INTEGERS: dict[str, tuple[str, ...]] = {
     "SMTP_MAX_SIZE": ("smtp", "max_message_size"),
     "WEB_UI_PORT": ("http", "port"),
     "QUEUE_MAX_RETRIES": ("delivery", "retry", "max_attempts"),
+    "QUEUE_DAILY_RATE_LIMIT": ("default_per_user_daily",),
 }
 _STRINGS: dict[str, tuple[str, ...]] = {
     "SMTP_HOST": ("smtp", "host"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -102,10 +103,27 @@ class WorkspaceLoadBalancing(_Model):
     priority: int = Field(default=0, ge=0)
 
 
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f'"{value}" is not an IANA time zone (e.g. "America/New_York")') from exc
+    return value
+
+
 class RateLimits(_Model):
+    """Daily limits (PRD TR5) and optional pacing. `workspace_daily` 0 or absent means no workspace limit, as
+    in the previous relay; the per-user limit is `custom_user_limits[email]`, else `per_user_daily`, else the
+    global `default_per_user_daily`."""
+
     workspace_daily: int | None = Field(default=None, ge=0)
     per_user_daily: int | None = Field(default=None, ge=0)
     custom_user_limits: dict[str, Annotated[int, Field(ge=0)]] = {}
+    window: Literal["rolling_24h", "calendar_day"] = "rolling_24h"
+    reset_timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    count_by: Literal["message", "recipient"] = "message"
+    per_second: int | None = Field(default=None, ge=1)
+    per_minute: int | None = Field(default=None, ge=1)
 
     @field_validator("custom_user_limits")
     @classmethod

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     load_balancing_pools: list[Pool] = []
     webhooks: list[Webhook] = []
     delivery: DeliverySettings = DeliverySettings()
+    default_per_user_daily: int = Field(default=2000, ge=0)  # RELAY_DEFAULT_PER_USER_DAILY
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
     instance_name: str | None = Field(default=None, description="names this process in leases and logs")

@@ -1,6 +1,7 @@
 """Delivery: workers that claim, route, send, record and retry."""
 
 from .backoff import RetryPolicy
+from .gate import Admission, CapacityGate, LimitPolicy
 from .worker import DeliveryWorker
 
-__all__ = ["DeliveryWorker", "RetryPolicy"]
+__all__ = ["Admission", "CapacityGate", "DeliveryWorker", "LimitPolicy", "RetryPolicy"]

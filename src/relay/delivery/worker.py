@@ -30,6 +30,7 @@ from ..store import (
     WorkspaceStates,
 )
 from .backoff import RetryPolicy
+from .gate import CapacityGate
 
 __all__ = ["DeliveryWorker"]
 
@@ -51,6 +52,7 @@ class DeliveryWorker:
         policy: RetryPolicy,
         owner: str,
         header_rewrites: Mapping[str, tuple[tuple[str, str], ...]] | None = None,
+        gate: CapacityGate | None = None,
         concurrency: int = 64,
         lease_seconds: float = 300.0,
         poll_interval: float = 1.0,
@@ -65,6 +67,7 @@ class DeliveryWorker:
         self._policy = policy
         self._owner = owner
         self._header_rewrites = header_rewrites or {}
+        self._gate = gate
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
@@ -217,7 +220,21 @@ class DeliveryWorker:
             ),
         )
         started = self._clock.now()
+        admission = (
+            await self._gate.admit(workspace_id, message.mail_from, len(outbound.recipients)) if self._gate else None
+        )
+        if admission is not None and not admission.ok:
+            # Not an attempt: the message waits until capacity returns, or fails if it never can fit.
+            transition: Transition = (
+                Failed(admission.reason)
+                if admission.never
+                else Deferred(until=started + timedelta(seconds=admission.wait), reason=admission.reason)
+            )
+            await self._record(message, None, transition)
+            return
         outcome = await self._send(provider, outbound)
+        if admission is not None and self._gate is not None:
+            await self._gate.settle(admission, outcome)
         finished = self._clock.now()
         attempt = AttemptRecord(
             workspace_id=workspace_id,
@@ -247,7 +264,7 @@ class DeliveryWorker:
             result=type(transition).__name__.lower(),
         )
 
-    async def _record(self, message: QueuedMessage, attempt: AttemptRecord, transition: Transition) -> bool:
+    async def _record(self, message: QueuedMessage, attempt: AttemptRecord | None, transition: Transition) -> bool:
         """Write the outcome of a send that already happened, retrying while the database is away.
 
         Giving up early would let the lease expire and the message be sent a second time, so this keeps

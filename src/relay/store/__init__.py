@@ -3,7 +3,7 @@
 from .database import Database, async_url
 from .ids import new_message_id
 from .ingest import Ingest
-from .messages import AttemptView, Messages, MessageView
+from .messages import AttemptView, CountedSend, Messages, MessageView
 from .queue import MessageQueue
 from .types import (
     AttemptRecord,
@@ -21,6 +21,7 @@ from .workspaces import WorkspaceStates
 __all__ = [
     "AttemptRecord",
     "AttemptView",
+    "CountedSend",
     "Database",
     "Deferred",
     "Failed",

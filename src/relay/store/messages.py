@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from .database import Database
 from .tables import delivery_attempts, messages
-from .timestamps import from_db
+from .timestamps import from_db, to_db
 
-__all__ = ["AttemptView", "MessageView", "Messages"]
+__all__ = ["AttemptView", "CountedSend", "MessageView", "Messages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,16 @@ class AttemptView:
     finished_at: datetime
     latency_ms: int
     recipients: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CountedSend:
+    """A send that counts against rate limits: accepted, or with no answer (it may have gone out)."""
+
+    workspace_id: str
+    mail_from: str
+    recipients: int
+    at: datetime
 
 
 class Messages:
@@ -96,3 +106,27 @@ class Messages:
             )
             for r in rows
         ]
+
+    async def counted_sends(self, since: datetime) -> list[CountedSend]:
+        """Attempts since `since` that rate limits must count: sent, or without a provider answer.
+
+        An attempt the provider refused with an answer gave its reservation back, so it is not counted.
+        """
+        query = (
+            sa.select(
+                delivery_attempts.c.workspace_id,
+                messages.c.mail_from,
+                messages.c.rcpt_to,
+                delivery_attempts.c.started_at,
+            )
+            .join(messages, messages.c.id == delivery_attempts.c.message_id)
+            .where(
+                delivery_attempts.c.started_at >= to_db(since),
+                delivery_attempts.c.workspace_id.is_not(None),
+                sa.or_(delivery_attempts.c.outcome == "sent", delivery_attempts.c.provider_status.is_(None)),
+            )
+            .order_by(delivery_attempts.c.started_at)
+        )
+        async with self._db.read() as connection:
+            rows = (await connection.execute(query)).all()
+        return [CountedSend(r.workspace_id, r.mail_from, len(r.rcpt_to), from_db(r.started_at)) for r in rows]
