@@ -9,7 +9,7 @@ import smtplib
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,6 +101,65 @@ def _start_failure(exc: Exception) -> str:
         message = str(cause).strip()
         text = f"{type(cause).__name__}: {message}" if message else type(cause).__name__
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+limits_app = typer.Typer(help="Rate-limit commands.", no_args_is_help=True)
+app.add_typer(limits_app, name="limits")
+
+
+@limits_app.command("show")
+def limits_show(
+    workspace: Annotated[str | None, typer.Option(help="only this workspace")] = None,
+    sender: Annotated[str | None, typer.Option(help="this sender's limits (default: senders of the last day)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print each limit with what is used, what remains and when capacity returns."""
+    settings = _load(config)
+    configure_logging("error", settings.log_format)
+    if workspace is not None and settings.workspace(workspace) is None:
+        typer.echo(f'unknown workspace "{workspace}"', err=True)
+        raise typer.Exit(1)
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runtime import Relay
+
+    async def main() -> list[tuple[str, Any, Any]]:
+        relay = Relay(settings, http=False)
+        try:
+            return list(await relay.capacity_report(workspace, sender))
+        finally:
+            await relay.db.dispose()
+            await relay.limits.aclose()
+
+    try:
+        rows: list[tuple[str, Any, Any]] = []
+        with asyncio.Runner() as runner:
+            rows = runner.run(main())
+    except Exception as exc:
+        typer.echo(f"relay: cannot read limits: {_start_failure(exc)}", err=True)
+        raise typer.Exit(1) from None
+    table = Table("workspace", "limit", "kind", "max", "used", "remaining", "next capacity in", "full reset in")
+    for workspace_id, limit, usage in rows:
+        table.add_row(
+            workspace_id,
+            limit.key,
+            limit.kind,
+            str(usage.limit),
+            str(usage.used),
+            str(usage.remaining),
+            _duration(usage.next_capacity_in),
+            _duration(usage.full_reset_in),
+        )
+    Console(width=200).print(table)
+
+
+def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "now"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 @config_app.command("check")

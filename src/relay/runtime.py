@@ -19,7 +19,7 @@ from .api import create_app
 from .clock import Clock, SystemClock
 from .config import Settings, SmtpSettings
 from .delivery import CapacityGate, DeliveryWorker, RetryPolicy
-from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits
+from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
 from .limits.policy import cost_of, limits_for
 from .providers import Provider, ProviderContext, build_provider
 from .routing import Router
@@ -126,6 +126,29 @@ class Relay:
         rate_limits = self._rate_limits[workspace_id]
         limits = limits_for(workspace_id, rate_limits, sender, self.settings.default_per_user_daily)
         return limits, cost_of(rate_limits, recipients)
+
+    async def capacity_report(
+        self, workspace_id: str | None = None, sender: str | None = None
+    ) -> list[tuple[str, Limit, Usage]]:
+        """(workspace, limit, usage) for every workspace limit and every sender seen in the last day — or only
+        those asked for. Reads the counters without changing them (the memory backend is rebuilt first)."""
+        if isinstance(self.limits, MemoryLimits):
+            await self._restore_counts(self.limits)
+        since = self.clock.now() - timedelta(hours=26)
+        seen = {(s.workspace_id, s.mail_from.lower()) for s in await Messages(self.db).counted_sends(since)}
+        rows: list[tuple[str, Limit, Usage]] = []
+        for ws in self.settings.workspaces:
+            if workspace_id is not None and ws.id != workspace_id:
+                continue
+            senders = [sender] if sender else sorted(s for w, s in seen if w == ws.id) or ["(any sender)"]
+            keys: set[str] = set()
+            for who in senders:
+                for limit in self._limits_for_send(ws.id, who, 1)[0]:
+                    if limit.key not in keys:
+                        keys.add(limit.key)
+                        [usage] = await self.limits.usage([limit])
+                        rows.append((ws.id, limit, usage))
+        return rows
 
     async def _restore_counts(self, limits: MemoryLimits) -> None:
         """A restart must not reset a limit: count again what the window still holds, from the attempts."""
