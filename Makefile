@@ -41,6 +41,7 @@ test: lint
 
 bench: setup-dev
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.limits
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

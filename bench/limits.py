@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -48,18 +49,19 @@ SENDER = "sender@bench.example"
 RESERVE_RATE_LIMITS = RateLimits(workspace_daily=1_000_000_000, per_user_daily=1_000_000_000)
 
 
-def percentile(sorted_ns: list[int], p: float) -> float:
+def percentile(ordered_ns: list[float], p: float) -> float:
     """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
-    index = max(0, min(len(sorted_ns) - 1, round(p / 100 * len(sorted_ns) + 0.5) - 1))
-    return sorted_ns[index] / 1000
+    index = min(len(ordered_ns), max(1, math.ceil(p / 100 * len(ordered_ns)))) - 1
+    return ordered_ns[index] / 1000
 
 
 def summarise(samples_ns: list[int], divide: int = 1) -> dict[str, float]:
-    ordered = sorted(s / divide for s in samples_ns)  # type: ignore[misc]
+    """p50/p95/p99, mean and min in microseconds; `divide` turns a batch's time into a per-item time."""
+    ordered = sorted(s / divide for s in samples_ns)
     return {
-        "p50_us": round(percentile(ordered, 50), 2),  # type: ignore[arg-type]
-        "p95_us": round(percentile(ordered, 95), 2),  # type: ignore[arg-type]
-        "p99_us": round(percentile(ordered, 99), 2),  # type: ignore[arg-type]
+        "p50_us": round(percentile(ordered, 50), 2),
+        "p95_us": round(percentile(ordered, 95), 2),
+        "p99_us": round(percentile(ordered, 99), 2),
         "mean_us": round(statistics.fmean(ordered) / 1000, 2),
         "min_us": round(ordered[0] / 1000, 2),
         "samples": len(ordered),
@@ -119,9 +121,10 @@ async def bench_reserve(name: str, backend: MemoryLimits | RedisLimits, iteratio
     samples = await measure(reserve, iterations, warmup)
     if refused:
         raise SystemExit(f"{name}: {refused} reservations were refused; the figures would not be comparable")
+    described = ", ".join(f"{lim.key} ({lim.kind})" for lim in limits)
     return {
         "case": name,
-        "description": f"one {type(backend).__name__}.reserve of {', '.join(f'{lim.key} ({lim.kind})' for lim in limits)}",
+        "description": f"one {type(backend).__name__}.reserve of {described}",
         "latency": summarise(samples),
     }
 
@@ -172,9 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for field in ("p50_us", "p95_us", "p99_us"):
             ratios[f"redis_reserve/ping {field[:3]}"] = ratio(redis, ping, field)
             ratios[f"redis_reserve/memory_reserve {field[:3]}"] = ratio(redis, memory, field)
-            ratios[f"redis_reserve-ping {field[:3]} (us)"] = round(
-                redis["latency"][field] - ping["latency"][field], 2
-            )
+            ratios[f"redis_reserve-ping {field[:3]} (us)"] = round(redis["latency"][field] - ping["latency"][field], 2)
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "iterations": args.iterations,

@@ -6,6 +6,7 @@ configuration's name for each to its class.
 """
 
 from .base import LimitBackend
+from .capacity import Capacity, capacity_from
 from .errors import LimitsUnavailableError
 from .memory import MemoryLimits
 from .redis import DEFAULT_KEY_PREFIX, RedisLimits
@@ -13,6 +14,7 @@ from .types import Limit, LimitKind, Reservation, Usage
 
 __all__ = [
     "BACKENDS",
+    "Capacity",
     "DEFAULT_KEY_PREFIX",
     "Limit",
     "LimitBackend",
@@ -22,6 +24,7 @@ __all__ = [
     "RedisLimits",
     "Reservation",
     "Usage",
+    "capacity_from",
 ]
 
 BACKENDS: dict[str, type[MemoryLimits] | type[RedisLimits]] = {"memory": MemoryLimits, "redis": RedisLimits}
