@@ -14,8 +14,8 @@ from .types import Limit, LimitKind, Reservation, Usage
 
 __all__ = [
     "BACKENDS",
-    "Capacity",
     "DEFAULT_KEY_PREFIX",
+    "Capacity",
     "Limit",
     "LimitBackend",
     "LimitKind",
