@@ -165,3 +165,27 @@ async def test_bcc_and_private_headers_never_reach_the_upstream(relay: Relay, si
     assert received.rcpt_tos == ["a@example.org", "secret@example.org"]
     assert received.data == b"From: app@joinmednet.org\r\nTo: a@example.org\r\nSubject: s\r\n\r\nbody\r\n"
     assert view.metadata == {"tags": ["invite"], "metadata": {"invitation_id": "7"}}
+
+
+async def test_a_provider_quota_signal_pauses_the_workspace(database_url: str, tmp_path: Path, sink: SmtpSink) -> None:
+    """Issue 4 §6: the provider's quota answer is stricter than our own count: no mail until it says."""
+    workspace = smtp_workspace("ses", ["joinmednet.org"], sink.port)
+    data = config(database_url, [workspace], delivery={"retry": {"quota_retry_seconds": 600}})
+    relay = await start_relay(data, tmp_path)
+    try:
+        sink.behaviour.data_replies = ["454 Throttling failure: Maximum sending rate exceeded"]
+        first = await submit(relay, ["a@example.org"])
+        throttled = await settled(relay, first, "deferred")
+        state = (await relay.states.all())["ses"]
+        assert state.state == "paused"
+        assert state.recheck_at is not None
+        assert round((state.recheck_at - state.changed_at).total_seconds()) == 600
+        assert throttled.next_attempt_at == state.recheck_at
+        second = await submit(relay, ["b@example.org"])
+        waiting = await settled(relay, second, "deferred")
+        assert waiting.last_error is not None
+        assert waiting.last_error.startswith('workspace "ses" is paused: 454 Throttling failure')
+        assert await Messages(relay.db).attempts(second) == []
+        assert sink.received() == []
+    finally:
+        await relay.stop()

@@ -656,3 +656,12 @@ async def test_the_registry_builds_a_gmail_provider_for_a_gmail_workspace(accoun
         assert isinstance(provider, GmailProvider) and provider.kind == "gmail"
     finally:
         await provider.aclose()
+
+
+async def test_per_user_quota_holds_only_the_sender_and_project_quota_the_workspace(gmail: Gmail) -> None:
+    gmail.state.fail_send(429, "rateLimitExceeded", RATE_TEXT)
+    per_user = await gmail.provider().send(outbound())
+    gmail.state.fail_send(403, "dailyLimitExceeded", "Daily Limit Exceeded")
+    project = await gmail.provider().send(outbound())
+    assert (per_user.kind, per_user.quota_scope) == ("quota", "sender")
+    assert (project.kind, project.quota_scope) == ("quota", "workspace")

@@ -303,8 +303,12 @@ class DeliveryWorker:
     async def _update_workspace_state(
         self, workspace_id: str, state: WorkspaceState | None, outcome: Outcome, now: datetime
     ) -> None:
-        if outcome.workspace_wait:
-            until = now + timedelta(seconds=outcome.workspace_wait)
+        wait = outcome.workspace_wait
+        if outcome.kind == "quota" and outcome.quota_scope == "workspace":
+            # The provider's own signal: stricter than our count, so the workspace gets no mail until then.
+            wait = max(wait or 0.0, outcome.retry_after or self._policy.quota_retry_seconds)
+        if wait:
+            until = now + timedelta(seconds=wait)
             reason = _summary(outcome)
             await self._states.mark_paused(workspace_id, reason, until)
             self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "paused", reason, now, until)

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import getaddresses, parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 import google.auth.jwt
 import httpx
@@ -252,7 +252,11 @@ def send_outcome(response: httpx.Response, now: datetime) -> Outcome:
     else:
         kind = "permanent"  # 400 invalidArgument/badRequest (headers, no recipient), 413, other refusals
     retry_after = _wait_seconds(response, text, now) if kind in ("quota", "retry") else None
-    return Outcome(kind, str(code), response_text, retry_after=retry_after)
+    # Gmail's 429 "(Mail sending)" and userRateLimitExceeded are limits of one user; other senders of the
+    # workspace can still send, so only this message waits.
+    per_user = code == 429 or "userRateLimitExceeded" in reasons
+    scope: Literal["workspace", "sender"] = "sender" if kind == "quota" and per_user else "workspace"
+    return Outcome(kind, str(code), response_text, retry_after=retry_after, quota_scope=scope)
 
 
 def _token_refusal(

@@ -39,6 +39,9 @@ class Outcome:
     # Seconds the whole workspace should get no new mail: an account-level quota was reached even though this
     # message was taken (Mandrill holds it). Unlike `retry_after`, this is about the workspace, not the message.
     workspace_wait: float | None = None
+    # Whose quota a `quota` outcome is about: the whole workspace (the default: the worker pauses it until the
+    # wait is over), or only this sender (Gmail's per-user limits: only this message waits).
+    quota_scope: Literal["workspace", "sender"] = "workspace"
 
 
 @dataclass(frozen=True, slots=True)
