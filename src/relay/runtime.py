@@ -18,10 +18,10 @@ import uvicorn
 from .api import create_app
 from .clock import Clock, SystemClock
 from .config import Settings, SmtpSettings
-from .delivery import CapacityGate, DeliveryWorker, RetryPolicy
+from .delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
 from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
 from .limits.policy import cost_of, limits_for
-from .providers import Provider, ProviderContext, build_provider
+from .providers import Outcome, Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
 from .store import Database, Ingest, MessageQueue, Messages, WorkspaceStates
@@ -53,7 +53,10 @@ class Relay:
         self.states = WorkspaceStates(self.db, self.clock)
         self.ingest = Ingest(self.db)
         self.providers: dict[str, Provider] = {}
-        self.limits: LimitBackend = RedisLimits(settings.redis_url) if settings.redis_url else MemoryLimits(self.clock)
+        self.limits: LimitBackend = (
+            RedisLimits(settings.redis_url, clock=self.clock) if settings.redis_url else MemoryLimits(self.clock)
+        )
+        self._counts_restored = False
         self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
         self.worker: DeliveryWorker | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,6 +81,12 @@ class Relay:
                 log.info("delivery.leases_released", owner=s.instance_name, messages=released)
         if isinstance(self.limits, MemoryLimits):
             await self._restore_counts(self.limits)
+            if self.db.dialect != "sqlite":
+                log.warning(
+                    "limits.per_process",
+                    reason="without redis_url each process counts alone; several "
+                    "processes on one database would together send up to N times each limit",
+                )
         router = Router(s)
         self.ingest.start()
         self.worker = DeliveryWorker(
@@ -124,8 +133,8 @@ class Relay:
 
     def _limits_for_send(self, workspace_id: str, sender: str, recipients: int) -> tuple[list[Limit], int]:
         rate_limits = self._rate_limits[workspace_id]
-        limits = limits_for(workspace_id, rate_limits, sender, self.settings.default_per_user_daily)
-        return limits, cost_of(rate_limits, recipients)
+        cost = cost_of(rate_limits, recipients)
+        return limits_for(workspace_id, rate_limits, sender, self.settings.default_per_user_daily, cost), cost
 
     async def capacity_report(
         self, workspace_id: str | None = None, sender: str | None = None
@@ -135,7 +144,8 @@ class Relay:
         if isinstance(self.limits, MemoryLimits):
             await self._restore_counts(self.limits)
         since = self.clock.now() - timedelta(hours=26)
-        seen = {(s.workspace_id, s.mail_from.lower()) for s in await Messages(self.db).counted_sends(since)}
+        sends = await Messages(self.db).counted_sends(since)
+        seen = {(s.workspace_id, s.mail_from.lower()) for s in sends}
         rows: list[tuple[str, Limit, Usage]] = []
         for ws in self.settings.workspaces:
             if workspace_id is not None and ws.id != workspace_id:
@@ -152,11 +162,17 @@ class Relay:
 
     async def _restore_counts(self, limits: MemoryLimits) -> None:
         """A restart must not reset a limit: count again what the window still holds, from the attempts."""
+        if self._counts_restored:
+            return
+        self._counts_restored = True
         since = self.clock.now() - timedelta(hours=26)  # a rolling day, or a calendar day of up to 25 h
         restored = 0
         for send in await Messages(self.db).counted_sends(since):
             if send.workspace_id not in self._rate_limits:
                 continue
+            answer = Outcome(send.outcome, send.provider_status)  # type: ignore[arg-type]
+            if certainly_refused(answer, send.provider_kind or ""):
+                continue  # its reservation was given back when it happened
             daily = [
                 x
                 for x in self._limits_for_send(send.workspace_id, send.mail_from, send.recipients)[0]

@@ -17,7 +17,7 @@ from ..limits.base import LimitBackend
 from ..limits.types import Limit
 from ..providers import Outcome
 
-__all__ = ["Admission", "CapacityGate", "LimitPolicy"]
+__all__ = ["Admission", "CapacityGate", "LimitPolicy", "certainly_refused"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,16 +64,32 @@ class CapacityGate:
             reason=f"limit {reservation.denied_by} reached; capacity returns in {reservation.retry_after:.0f} s",
         )
 
-    async def settle(self, admission: Admission, outcome: Outcome) -> None:
-        """Keep the reservation unless the provider certainly did not take the message.
-
-        Certain means the provider answered with a refusal (an SMTP reply or an HTTP status): then the count
-        is given back. A send with no answer (timeout, dropped connection) may have gone out, so it stays
-        counted: the limit may be under-used after a timeout, never exceeded.
-        """
-        if admission.token is None or outcome.kind == "sent" or outcome.status is None:
+    async def settle(self, admission: Admission, outcome: Outcome, provider_kind: str) -> None:
+        """Keep the reservation unless the provider certainly did not take the message."""
+        if admission.token is None or not certainly_refused(outcome, provider_kind):
             return
         try:
             await self._backend.release(admission.token)
         except Exception as exc:  # the count stays: conservative
             log.warning("limits.release_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+_SMTP_LIKE = frozenset({"smtp", "sandbox"})
+
+
+def certainly_refused(outcome: Outcome, provider_kind: str) -> bool:
+    """Whether the provider said no in a way that proves it did not take the message.
+
+    SMTP: any 4xx/5xx reply (the server answered; a message it refused is not queued there). HTTP APIs: a 4xx
+    other than 408 (a timeout by another name), or a named API error that refuses (Mandrill's Invalid_Key,
+    ValidationError). A 5xx, a timeout or a dropped connection may hide an accepted message: it stays counted,
+    so a limit may be under-used after such an answer, never exceeded.
+    """
+    if outcome.kind == "sent" or outcome.status is None:
+        return False
+    if not outcome.status.isdigit():
+        return outcome.kind in ("auth", "permanent")
+    code = int(outcome.status)
+    if provider_kind in _SMTP_LIKE:
+        return 400 <= code < 600
+    return 400 <= code < 500 and code != 408

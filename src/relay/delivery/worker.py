@@ -37,6 +37,7 @@ __all__ = ["DeliveryWorker"]
 log = structlog.get_logger(__name__)
 
 _STATE_REFRESH_SECONDS = 1.0
+_MAX_PAUSE_SECONDS = 2 * 86_400.0
 
 
 class DeliveryWorker:
@@ -234,7 +235,7 @@ class DeliveryWorker:
             return
         outcome = await self._send(provider, outbound)
         if admission is not None and self._gate is not None:
-            await self._gate.settle(admission, outcome)
+            await self._gate.settle(admission, outcome, provider.kind)
         finished = self._clock.now()
         attempt = AttemptRecord(
             workspace_id=workspace_id,
@@ -308,6 +309,7 @@ class DeliveryWorker:
             # The provider's own signal: stricter than our count, so the workspace gets no mail until then.
             wait = max(wait or 0.0, outcome.retry_after or self._policy.quota_retry_seconds)
         if wait:
+            wait = min(wait, _MAX_PAUSE_SECONDS)  # a bogus far-future "retry after" must not park a workspace
             until = now + timedelta(seconds=wait)
             reason = _summary(outcome)
             await self._states.mark_paused(workspace_id, reason, until)

@@ -23,8 +23,14 @@ def user_limit(rate_limits: RateLimits, sender: str, default_per_user_daily: int
     return default_per_user_daily
 
 
-def limits_for(workspace_id: str, rate_limits: RateLimits, sender: str, default_per_user_daily: int) -> list[Limit]:
-    """The workspace limit (if any), the sender's limit, then pacing limits, in the order they are checked."""
+def limits_for(
+    workspace_id: str, rate_limits: RateLimits, sender: str, default_per_user_daily: int, cost: int = 1
+) -> list[Limit]:
+    """The workspace limit (if any), the sender's limit, then pacing limits, in the order they are checked.
+
+    Pacing limits admit a burst of at least `cost`, so a message counted per recipient is paced, never refused
+    for good because it has more recipients than the per-second rate.
+    """
 
     def daily(key: str, limit: int) -> Limit:
         if rate_limits.window == "calendar_day":
@@ -43,7 +49,7 @@ def limits_for(workspace_id: str, rate_limits: RateLimits, sender: str, default_
                 "gcra",
                 rate_limits.per_second,
                 period_seconds=1.0,
-                burst=rate_limits.per_second,
+                burst=max(rate_limits.per_second, cost),
             )
         )
     if rate_limits.per_minute:
@@ -53,7 +59,7 @@ def limits_for(workspace_id: str, rate_limits: RateLimits, sender: str, default_
                 "gcra",
                 rate_limits.per_minute,
                 period_seconds=60.0,
-                burst=rate_limits.per_minute,
+                burst=max(rate_limits.per_minute, cost),
             )
         )
     return limits

@@ -46,12 +46,15 @@ class AttemptView:
 
 @dataclass(frozen=True, slots=True)
 class CountedSend:
-    """A send that counts against rate limits: accepted, or with no answer (it may have gone out)."""
+    """One delivery attempt as rate limits see it; the caller decides whether it still counts."""
 
     workspace_id: str
     mail_from: str
     recipients: int
     at: datetime
+    provider_kind: str | None
+    outcome: str
+    provider_status: str | None
 
 
 class Messages:
@@ -108,25 +111,32 @@ class Messages:
         ]
 
     async def counted_sends(self, since: datetime) -> list[CountedSend]:
-        """Attempts since `since` that rate limits must count: sent, or without a provider answer.
-
-        An attempt the provider refused with an answer gave its reservation back, so it is not counted.
-        """
+        """Every delivery attempt since `since`, oldest first, for rebuilding rate-limit counters."""
         query = (
             sa.select(
                 delivery_attempts.c.workspace_id,
                 messages.c.mail_from,
                 messages.c.rcpt_to,
                 delivery_attempts.c.started_at,
+                delivery_attempts.c.provider_kind,
+                delivery_attempts.c.outcome,
+                delivery_attempts.c.provider_status,
             )
             .join(messages, messages.c.id == delivery_attempts.c.message_id)
-            .where(
-                delivery_attempts.c.started_at >= to_db(since),
-                delivery_attempts.c.workspace_id.is_not(None),
-                sa.or_(delivery_attempts.c.outcome == "sent", delivery_attempts.c.provider_status.is_(None)),
-            )
+            .where(delivery_attempts.c.started_at >= to_db(since), delivery_attempts.c.workspace_id.is_not(None))
             .order_by(delivery_attempts.c.started_at)
         )
         async with self._db.read() as connection:
             rows = (await connection.execute(query)).all()
-        return [CountedSend(r.workspace_id, r.mail_from, len(r.rcpt_to), from_db(r.started_at)) for r in rows]
+        return [
+            CountedSend(
+                r.workspace_id,
+                r.mail_from,
+                len(r.rcpt_to),
+                from_db(r.started_at),
+                r.provider_kind,
+                r.outcome,
+                r.provider_status,
+            )
+            for r in rows
+        ]
