@@ -9,15 +9,11 @@ envelope-only recipient must reach Gmail in a Bcc header and appear in no header
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import json
-import random
-import smtplib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -27,6 +23,7 @@ from relay.runtime import Relay
 from relay.store import Messages
 from tests.emulators.gmail import GMAIL_SEND, GmailState, ServiceAccount, StoredMessage, create_app
 from tests.emulators.server import ServedApp
+from tests.support.mail import leaf_parts, multipart_with_attachment, submit
 from tests.support.net import async_wait_for
 from tests.support.relay import config, start_relay
 
@@ -71,40 +68,6 @@ async def env(
         await relay.stop()
 
 
-def multipart_with_attachment(bcc: str | None = None) -> tuple[bytes, bytes]:
-    """(the message as submitted, the 1 MB attachment)."""
-    attachment = random.Random(11).randbytes(1024 * 1024)
-    msg = EmailMessage()
-    msg["From"] = f"Med Net <{SENDER}>"
-    msg["To"] = "Ann <ann@example.org>"
-    msg["Cc"] = "cat@example.org"
-    if bcc:
-        msg["Bcc"] = bcc
-    msg["Subject"] = "Your report, with Grüße"
-    msg["Message-ID"] = "<gmail-report-1@joinmednet.org>"
-    msg.set_content("Plain text body: Grüße\n")
-    msg.add_alternative("<p>HTML body: <b>Grüße</b></p>\n", subtype="html")
-    msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="report.bin")
-    return msg.as_bytes(policy=email.policy.SMTP), attachment
-
-
-async def submit(relay: Relay, recipients: list[str], raw: bytes) -> str:
-    host, port = relay.smtp_address
-
-    def send() -> str:
-        with smtplib.SMTP(host, port, timeout=30) as client:
-            client.ehlo()
-            client.mail(SENDER)
-            for recipient in recipients:
-                code, reply = client.rcpt(recipient)
-                assert code == 250, reply
-            code, reply = client.data(raw)
-        assert code == 250, reply
-        return reply.decode().rsplit(" ", 1)[1]
-
-    return await asyncio.to_thread(send)
-
-
 async def delivered(env: Env, message_id: str) -> StoredMessage:
     messages = Messages(env.relay.db)
 
@@ -119,34 +82,22 @@ async def delivered(env: Env, message_id: str) -> StoredMessage:
     return stored
 
 
-def parts(raw: bytes) -> list[tuple[str, str | None, bytes]]:
-    """(content type, filename, decoded payload) of every leaf part."""
-    parsed = email.message_from_bytes(raw, policy=email.policy.default)
-    leaves = []
-    for part in parsed.walk():
-        if not part.is_multipart():
-            payload = part.get_payload(decode=True)
-            assert isinstance(payload, bytes)
-            leaves.append((part.get_content_type(), part.get_filename(), payload))
-    return leaves
-
-
 async def test_a_multipart_message_with_a_1_mb_attachment_arrives_unchanged(env: Env) -> None:
-    raw, attachment = multipart_with_attachment()
-    message_id = await submit(env.relay, ["ann@example.org", "cat@example.org"], raw)
+    raw, attachment = multipart_with_attachment(SENDER, message_id="<gmail-report-1@joinmednet.org>", seed=11)
+    message_id = await submit(env.relay.smtp_address, SENDER, ["ann@example.org", "cat@example.org"], raw)
 
     stored = await delivered(env, message_id)
 
     assert stored.raw == raw  # byte for byte: every envelope recipient is already in To/Cc, so no Bcc
     assert stored.delivered == raw and not stored.from_rewritten
     assert stored.user == SENDER and sorted(stored.recipients) == ["ann@example.org", "cat@example.org"]
-    received = parts(stored.raw)
+    received = leaf_parts(stored.raw)
     assert [(content_type, name) for content_type, name, _ in received] == [
         ("text/plain", None),
         ("text/html", None),
         ("application/octet-stream", "report.bin"),
     ]
-    assert received == parts(raw)
+    assert received == leaf_parts(raw)
     assert received[2][2] == attachment
     # The grant the emulator verified (RS256 signature, iss, sub, scope, aud, lifetime) and the upload it took.
     [grant] = [call for call in env.gmail.token_calls if call.status == 200]
@@ -167,10 +118,14 @@ async def test_a_multipart_message_with_a_1_mb_attachment_arrives_unchanged(env:
 async def test_bcc_recipients_are_delivered_but_in_no_header_a_recipient_sees(env: Env) -> None:
     # One hidden recipient came with a Bcc header in the submitted message, one only in the envelope.
     in_header, envelope_only = "hidden@example.org", "secret@example.net"
-    raw, attachment = multipart_with_attachment(bcc=in_header)
+    raw, attachment = multipart_with_attachment(
+        SENDER, bcc=in_header, message_id="<gmail-report-1@joinmednet.org>", seed=11
+    )
     without_bcc = raw.replace(f"Bcc: {in_header}\r\n".encode(), b"")
     assert without_bcc != raw
-    message_id = await submit(env.relay, ["ann@example.org", "cat@example.org", in_header, envelope_only], raw)
+    message_id = await submit(
+        env.relay.smtp_address, SENDER, ["ann@example.org", "cat@example.org", in_header, envelope_only], raw
+    )
 
     stored = await delivered(env, message_id)
 
@@ -186,4 +141,4 @@ async def test_bcc_recipients_are_delivered_but_in_no_header_a_recipient_sees(en
             assert in_header not in str(value) and envelope_only not in str(value), f"{name}: {value}"
         assert part.get_all("Bcc") is None
     assert in_header.encode() not in stored.delivered and envelope_only.encode() not in stored.delivered
-    assert parts(stored.delivered)[2][2] == attachment
+    assert leaf_parts(stored.delivered)[2][2] == attachment

@@ -8,14 +8,10 @@ the Bcc header, and a Bcc recipient must be in `to` and in no header.
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
-import random
-import smtplib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,7 @@ from relay.runtime import Relay
 from relay.store import Messages
 from tests.emulators.mailgun import Delivery, MailgunState, create_app
 from tests.emulators.server import ServedApp
+from tests.support.mail import leaf_parts, multipart_with_attachment, submit
 from tests.support.net import async_wait_for
 from tests.support.relay import config, start_relay
 
@@ -56,40 +53,6 @@ async def env(sqlite_url: str, tmp_path: Path, mailgun: tuple[MailgunState, str]
         await relay.stop()
 
 
-def multipart_with_attachment(bcc: str | None = None) -> tuple[bytes, bytes]:
-    """(the message as submitted, the 1 MB attachment)."""
-    attachment = random.Random(7).randbytes(1024 * 1024)
-    msg = EmailMessage()
-    msg["From"] = f"Med Net <{SENDER}>"
-    msg["To"] = "Ann <ann@example.org>"
-    msg["Cc"] = "cat@example.org"
-    if bcc:
-        msg["Bcc"] = bcc
-    msg["Subject"] = "Your report, with Grüße"
-    msg["Message-ID"] = "<report-1@joinmednet.org>"
-    msg.set_content("Plain text body: Grüße\n")
-    msg.add_alternative("<p>HTML body: <b>Grüße</b></p>\n", subtype="html")
-    msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="report.bin")
-    return msg.as_bytes(policy=email.policy.SMTP), attachment
-
-
-async def submit(relay: Relay, recipients: list[str], raw: bytes) -> str:
-    host, port = relay.smtp_address
-
-    def send() -> str:
-        with smtplib.SMTP(host, port, timeout=30) as client:
-            client.ehlo()
-            client.mail(SENDER)
-            for recipient in recipients:
-                code, reply = client.rcpt(recipient)
-                assert code == 250, reply
-            code, reply = client.data(raw)
-        assert code == 250, reply
-        return reply.decode().rsplit(" ", 1)[1]
-
-    return await asyncio.to_thread(send)
-
-
 async def delivered(env: Env, message_id: str) -> Delivery:
     messages = Messages(env.relay.db)
 
@@ -104,43 +67,31 @@ async def delivered(env: Env, message_id: str) -> Delivery:
     return delivery
 
 
-def parts(raw: bytes) -> list[tuple[str, str | None, bytes]]:
-    """(content type, filename, decoded payload) of every leaf part."""
-    parsed = email.message_from_bytes(raw, policy=email.policy.default)
-    leaves = []
-    for part in parsed.walk():
-        if not part.is_multipart():
-            payload = part.get_payload(decode=True)
-            assert isinstance(payload, bytes)
-            leaves.append((part.get_content_type(), part.get_filename(), payload))
-    return leaves
-
-
 async def test_a_multipart_message_with_a_1_mb_attachment_arrives_unchanged(env: Env) -> None:
-    raw, attachment = multipart_with_attachment()
-    message_id = await submit(env.relay, ["ann@example.org", "cat@example.org"], raw)
+    raw, attachment = multipart_with_attachment(SENDER)
+    message_id = await submit(env.relay.smtp_address, SENDER, ["ann@example.org", "cat@example.org"], raw)
 
     delivery = await delivered(env, message_id)
 
     assert delivery.domain == "joinmednet.org"
     assert delivery.to == ["ann@example.org", "cat@example.org"]
     assert delivery.mime == raw  # byte for byte
-    received = parts(delivery.mime)
+    received = leaf_parts(delivery.mime)
     assert [(content_type, name) for content_type, name, _ in received] == [
         ("text/plain", None),
         ("text/html", None),
         ("application/octet-stream", "report.bin"),
     ]
-    assert received == parts(raw)
+    assert received == leaf_parts(raw)
     assert received[2][2] == attachment
     assert [r.username for r in env.mailgun.requests] == ["api"]
 
 
 async def test_a_bcc_recipient_is_delivered_but_is_in_no_header_mailgun_receives(env: Env) -> None:
     hidden = "hidden@example.org"
-    raw, attachment = multipart_with_attachment(bcc=hidden)
+    raw, attachment = multipart_with_attachment(SENDER, bcc=hidden)
     assert f"Bcc: {hidden}\r\n".encode() in raw
-    message_id = await submit(env.relay, ["ann@example.org", "cat@example.org", hidden], raw)
+    message_id = await submit(env.relay.smtp_address, SENDER, ["ann@example.org", "cat@example.org", hidden], raw)
 
     delivery = await delivered(env, message_id)
 
@@ -152,4 +103,4 @@ async def test_a_bcc_recipient_is_delivered_but_is_in_no_header_mailgun_receives
             assert hidden not in str(value), f"{name}: {value}"
         assert part.get_all("Bcc") is None
     assert hidden.encode() not in delivery.mime
-    assert parts(delivery.mime)[2][2] == attachment
+    assert leaf_parts(delivery.mime)[2][2] == attachment
