@@ -24,7 +24,7 @@ from .limits.policy import cost_of, limits_for
 from .providers import Outcome, Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
-from .store import Database, Ingest, MessageQueue, Messages, WorkspaceStates
+from .store import CountedSend, Database, Ingest, MessageQueue, Messages, WorkspaceStates
 
 __all__ = ["Relay"]
 
@@ -80,7 +80,7 @@ class Relay:
             if released:
                 log.info("delivery.leases_released", owner=s.instance_name, messages=released)
         if isinstance(self.limits, MemoryLimits):
-            await self._restore_counts(self.limits)
+            await self._restore_counts(self.limits, await self._recent_sends())
             if self.db.dialect != "sqlite":
                 log.warning(
                     "limits.per_process",
@@ -141,10 +141,9 @@ class Relay:
     ) -> list[tuple[str, Limit, Usage]]:
         """(workspace, limit, usage) for every workspace limit and every sender seen in the last day — or only
         those asked for. Reads the counters without changing them (the memory backend is rebuilt first)."""
+        sends = await self._recent_sends()
         if isinstance(self.limits, MemoryLimits):
-            await self._restore_counts(self.limits)
-        since = self.clock.now() - timedelta(hours=26)
-        sends = await Messages(self.db).counted_sends(since)
+            await self._restore_counts(self.limits, sends)
         seen = {(s.workspace_id, s.mail_from.lower()) for s in sends}
         rows: list[tuple[str, Limit, Usage]] = []
         for ws in self.settings.workspaces:
@@ -160,29 +159,27 @@ class Relay:
                         rows.append((ws.id, limit, usage))
         return rows
 
-    async def _restore_counts(self, limits: MemoryLimits) -> None:
+    async def _recent_sends(self) -> list[CountedSend]:
+        since = self.clock.now() - timedelta(hours=26)  # a rolling day, or a calendar day of up to 25 h
+        return await Messages(self.db).counted_sends(since)
+
+    async def _restore_counts(self, limits: MemoryLimits, sends: list[CountedSend]) -> None:
         """A restart must not reset a limit: count again what the window still holds, from the attempts."""
         if self._counts_restored:
             return
         self._counts_restored = True
-        since = self.clock.now() - timedelta(hours=26)  # a rolling day, or a calendar day of up to 25 h
         restored = 0
-        for send in await Messages(self.db).counted_sends(since):
+        for send in sends:
             if send.workspace_id not in self._rate_limits:
                 continue
             answer = Outcome(send.outcome, send.provider_status)  # type: ignore[arg-type]
             if certainly_refused(answer, send.provider_kind or ""):
                 continue  # its reservation was given back when it happened
-            daily = [
-                x
-                for x in self._limits_for_send(send.workspace_id, send.mail_from, send.recipients)[0]
-                if x.kind != "gcra"
-            ]
-            cost = cost_of(self._rate_limits[send.workspace_id], send.recipients)
-            await limits.record(daily, cost, send.at)
+            applicable, cost = self._limits_for_send(send.workspace_id, send.mail_from, send.recipients)
+            await limits.record([x for x in applicable if x.kind != "gcra"], cost, send.at)
             restored += 1
         if restored:
-            log.info("limits.restored", sends=restored, since=since.isoformat())
+            log.info("limits.restored", sends=restored)
 
     async def _fit_message_size(self, smtp: SmtpSettings) -> SmtpSettings:
         """Never advertise a SIZE the database cannot store: a message MariaDB refuses would get 451 forever."""

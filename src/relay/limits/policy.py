@@ -42,26 +42,11 @@ def limits_for(
         limits.append(daily(f"ws:{workspace_id}", rate_limits.workspace_daily))
     per_user = user_limit(rate_limits, sender, default_per_user_daily)
     limits.append(daily(f"user:{workspace_id}:{sender.strip().lower()}", per_user))
-    if rate_limits.per_second:
-        limits.append(
-            Limit(
-                f"rate:{workspace_id}:s",
-                "gcra",
-                rate_limits.per_second,
-                period_seconds=1.0,
-                burst=max(rate_limits.per_second, cost),
+    for suffix, rate, period in (("s", rate_limits.per_second, 1.0), ("m", rate_limits.per_minute, 60.0)):
+        if rate:
+            limits.append(
+                Limit(f"rate:{workspace_id}:{suffix}", "gcra", rate, period_seconds=period, burst=max(rate, cost))
             )
-        )
-    if rate_limits.per_minute:
-        limits.append(
-            Limit(
-                f"rate:{workspace_id}:m",
-                "gcra",
-                rate_limits.per_minute,
-                period_seconds=60.0,
-                burst=max(rate_limits.per_minute, cost),
-            )
-        )
     return limits
 
 
