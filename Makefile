@@ -42,6 +42,8 @@ test: lint
 bench: setup-dev
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.limits
+	$(BIN)/python -m bench.balancer
+	$(BIN)/python -m bench.decision
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

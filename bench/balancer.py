@@ -78,15 +78,18 @@ def bench_strategy(strategy: Strategy, pools: list[list[Candidate]], iterations:
     return {"strategy": strategy, "mean_eligible": eligible, "latency": summarise(samples)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=20_000, help="timed decisions per strategy")
     parser.add_argument("--warmup", type=int, default=2_000, help="untimed decisions before each strategy")
     args = parser.parse_args()
     if args.iterations < 1 or args.warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
-    pools = build_pools(Random(SEED))
-    cases = [bench_strategy(s, pools, args.iterations, args.warmup) for s in get_args(Strategy)]
+    return args
+
+
+def publish(name: str, title: str, args: argparse.Namespace, cases: list[dict[str, Any]]) -> None:
+    """Print one p50/p95/p99 line per strategy and write bench/results/<name>-<timestamp>.json."""
     result = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "iterations": args.iterations,
@@ -97,17 +100,26 @@ def main() -> None:
         "python": platform.python_version(),
         "cases": cases,
     }
-    print(f"balancer decision latency, {POOLS} pools x {MEMBERS} members, {args.iterations} decisions per strategy")
+    print(title)
     for case in cases:
         stats = case["latency"]
+        extra = f", eligible {case['mean_eligible']}" if "mean_eligible" in case else ""
         print(
             f"{case['strategy']:<18} p50 {stats['p50_us']:>7.2f}  p95 {stats['p95_us']:>7.2f}"
-            f"  p99 {stats['p99_us']:>7.2f}  (µs, n={stats['samples']}, eligible {case['mean_eligible']})"
+            f"  p99 {stats['p99_us']:>7.2f}  (µs, n={stats['samples']}{extra})"
         )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"balancer-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out = RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"written to {out}")
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    pools = build_pools(Random(SEED))
+    cases = [bench_strategy(s, pools, args.iterations, args.warmup) for s in get_args(Strategy)]
+    title = f"balancer decision latency, {POOLS} pools x {MEMBERS} members, {args.iterations} decisions per strategy"
+    publish("balancer", title, args, cases)
 
 
 if __name__ == "__main__":

@@ -64,9 +64,11 @@ def serve(config: ConfigOption = None) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
         try:
             relay = Relay(settings)
             await relay.start()
+            loop.add_signal_handler(signal.SIGHUP, lambda: _spawn(reloads, _reload(relay, config)))
         except Exception as exc:
             typer.echo(f"relay: cannot start: {_start_failure(exc)}", err=True)
             # Clean up quietly: "relay.stopped" after a start that never finished would only bury the reason.
@@ -83,6 +85,28 @@ def serve(config: ConfigOption = None) -> None:
     except ProviderError as exc:
         typer.echo(f"relay: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _spawn(tasks: set[asyncio.Task[None]], coroutine: Any) -> None:
+    task = asyncio.create_task(coroutine)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _reload(relay: Any, path: Path | None) -> None:
+    """SIGHUP: read the config file again and apply it; an invalid file changes nothing."""
+    import structlog
+
+    log = structlog.get_logger("relay.cli")
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        log.error("config.reload_invalid", problems=[str(p) for p in exc.problems])
+        return
+    try:
+        await relay.reload(settings)
+    except Exception as exc:
+        log.error("config.reload_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _start_failure(exc: Exception) -> str:
@@ -152,6 +176,114 @@ def limits_show(
             _duration(usage.full_reset_in),
         )
     Console(width=200).print(table)
+
+
+pools_app = typer.Typer(help="Load-balancing pool commands.", no_args_is_help=True)
+app.add_typer(pools_app, name="pools")
+
+
+@pools_app.command("test")
+def pools_test(
+    pool: Annotated[str, typer.Argument(help="pool id")],
+    sender: Annotated[str, typer.Option(help="sender address to decide for")],
+    count: Annotated[int, typer.Option(min=0, max=1_000_000, help="also simulate N decisions")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Dry run: each member's weight, capacity, reset time, health, score or exclusion; nothing is sent."""
+    settings = _load(config)
+    configure_logging("error", settings.log_format)
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runtime import Relay
+
+    async def main() -> tuple[str, Any, Any, dict[str, int]]:
+        relay = Relay(settings, http=False)
+        try:
+            source = await relay.open_for_inspection()
+            decision = await relay.balancer.decide(sender, pool)
+            picks: dict[str, int] = {}
+            for _ in range(count):
+                chosen = (await relay.balancer.decide(sender, pool)).workspace_id
+                picks[chosen or "(none)"] = picks.get(chosen or "(none)", 0) + 1
+            return source, relay.pools.get(pool), decision, picks
+        finally:
+            await relay.db.dispose()
+            await relay.limits.aclose()
+
+    try:
+        with asyncio.Runner() as runner:
+            source, view, decision, picks = runner.run(main())
+    except Exception as exc:
+        typer.echo(f"relay: cannot read the pool: {_start_failure(exc)}", err=True)
+        raise typer.Exit(1) from None
+    if view is None:
+        in_file = any(p.id == pool for p in settings.load_balancing_pools)
+        hint = " (it is in the config file but not yet in the database: a running relay applies it on SIGHUP)"
+        typer.echo(f'unknown pool "{pool}"{hint if in_file else ""}', err=True)
+        raise typer.Exit(1)
+    console = Console(width=200)
+    console.print(
+        f"pool {view.id} ({view.strategy}{'' if view.enabled else ', disabled'}), sender {sender}; "
+        f"pools read from the {source}"
+    )
+    columns = [
+        "workspace",
+        "weight",
+        "health",
+        "sends as",
+        "remaining",
+        "next capacity",
+        "full reset",
+        "score",
+        "status",
+    ]
+    expected = _expected_shares(view.strategy, decision.members)
+    if count:
+        columns += ["picks", "share", "expected"]
+    table = Table(*columns)
+    for m in decision.members:
+        row = [
+            m.workspace_id,
+            f"{m.weight:g}",
+            m.health if m.enabled else "disabled",
+            m.sender,
+            f"{m.remaining}/{m.limit} ({m.remaining_fraction:.0%})",
+            _duration(m.next_capacity_in),
+            _duration(m.full_reset_in),
+            "-" if m.score is None else f"{m.score:.4f}",
+            f"excluded: {m.excluded}"
+            if m.excluded
+            else ("chosen" if m.workspace_id == decision.workspace_id else "eligible"),
+        ]
+        if count:
+            n = picks.get(m.workspace_id, 0)
+            share = expected.get(m.workspace_id)
+            row += [str(n), f"{n / count:.1%}", "-" if share is None else f"{share:.1%}"]
+        table.add_row(*row)
+    console.print(table)
+    for workspace_id, why in view.skipped:
+        console.print(f"not a member here: {workspace_id} ({why})")
+    if decision.workspace_id is None:
+        console.print("no member can take this sender's mail now: pool_exhausted (fallback or wait)")
+    elif decision.spilled:
+        console.print("every member is under its min_capacity_threshold: the threshold is ignored")
+    if count and picks.get("(none)"):
+        console.print(f"{picks['(none)']} of {count} decisions found no member")
+
+
+def _expected_shares(strategy: str, members: Any) -> dict[str, float]:
+    """The share each eligible member should get: by score for capacity_weighted, by weight for round_robin and
+    random_weighted; least_used follows load, not a fixed share."""
+    if strategy == "least_used":
+        return {}
+    eligible = [m for m in members if m.excluded is None and m.score is not None]
+    if strategy == "capacity_weighted":
+        values = {m.workspace_id: m.score for m in eligible}
+    else:
+        values = {m.workspace_id: m.weight for m in eligible}
+    total = sum(values.values())
+    return {k: v / total for k, v in values.items()} if total > 0 else {}
 
 
 def _duration(seconds: float) -> str:

@@ -21,10 +21,11 @@ from .config import Settings, SmtpSettings
 from .delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
 from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
 from .limits.policy import cost_of, limits_for
+from .pools import CapacityView, HealthView, LoadBalancer, PoolCatalog
 from .providers import Outcome, Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
-from .store import CountedSend, Database, Ingest, MessageQueue, Messages, WorkspaceStates
+from .store import CountedSend, Database, Ingest, MessageQueue, Messages, PoolTables, SelectionLog, WorkspaceStates
 
 __all__ = ["Relay"]
 
@@ -58,6 +59,18 @@ class Relay:
         )
         self._counts_restored = False
         self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
+        self.router = Router(settings, pools=())
+        self.pools = PoolCatalog(settings, PoolTables(self.db, self.clock), self.router)
+        self.health = HealthView(self.states, self.clock)
+        self.selections = SelectionLog(self.db, self.clock)
+        self.balancer = LoadBalancer(
+            self.pools,
+            CapacityView(self.limits, self._limits_for_send, self.clock),
+            self.health,
+            clock=self.clock,
+            rng=self.rng,
+            selections=self.selections,
+        )
         self.worker: DeliveryWorker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._smtp: asyncio.Server | None = None
@@ -87,12 +100,17 @@ class Relay:
                     reason="without redis_url each process counts alone; several "
                     "processes on one database would together send up to N times each limit",
                 )
-        router = Router(s)
+        await self.pools.apply(s)
+        self.selections.start()
+        self._tasks.append(asyncio.create_task(self._follow_pools(), name="relay-pools"))
+        router = self.router
         self.ingest.start()
         self.worker = DeliveryWorker(
             queue=self.queue,
             states=self.states,
             router=router,
+            balancer=self.balancer,
+            health=self.health,
             providers=self.providers,
             policy=RetryPolicy.from_settings(s.delivery.retry),
             gate=CapacityGate(self.limits, self._limits_for_send),
@@ -128,8 +146,33 @@ class Relay:
             http=f"{s.http.host}:{s.http.port}" if self._http_enabled else None,
             database=self.db.dialect,
             workspaces=len(self.providers),
+            pools=len(self.pools.pools),
             owner=self.owner,
         )
+
+    async def _follow_pools(self, interval: float = 1.0) -> None:
+        """Pick up pool changes made in the database (by another process, the API, SQL) within `interval`."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.pools.refresh()
+            except Exception as exc:  # the database is away: keep routing by the pools we have
+                log.warning("pools.refresh_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def reload(self, settings: Settings) -> list[str]:
+        """Apply a re-read config file without a restart (SIGHUP). Pools, membership, weights, strategies,
+        `load_balancing`, `rate_limits`, domains and `fallback_workspace` take effect at once. Changes that need
+        new connections or listeners are refused as a whole, and returned (nothing is applied then)."""
+        needs_restart = restart_required(self.settings, settings)
+        if needs_restart:
+            log.error("config.reload_refused", restart_required=needs_restart)
+            return needs_restart
+        await self.pools.apply(settings)  # first: if writing the pools fails, nothing has changed
+        self.settings = settings
+        self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
+        self.router.update(settings)
+        log.info("config.reloaded", pools=len(self.pools.pools), workspaces=len(settings.workspaces))
+        return []
 
     def _limits_for_send(self, workspace_id: str, sender: str, recipients: int) -> tuple[list[Limit], int]:
         rate_limits = self._rate_limits[workspace_id]
@@ -144,7 +187,7 @@ class Relay:
         sends = await self._recent_sends()
         if isinstance(self.limits, MemoryLimits):
             await self._restore_counts(self.limits, sends)
-        seen = {(s.workspace_id, s.mail_from.lower()) for s in sends}
+        seen = {(s.workspace_id, (s.sent_as or s.mail_from).lower()) for s in sends}
         rows: list[tuple[str, Limit, Usage]] = []
         for ws in self.settings.workspaces:
             if workspace_id is not None and ws.id != workspace_id:
@@ -158,6 +201,22 @@ class Relay:
                         [usage] = await self.limits.usage([limit])
                         rows.append((ws.id, limit, usage))
         return rows
+
+    async def open_for_inspection(self) -> str:
+        """Load counters, health and pools for a dry run (`relay pools test`) without starting anything.
+
+        Returns where the pools came from: the database, or the config file when the database has none yet.
+        """
+        await self.db.upgrade()  # idempotent; a fresh database gets its tables instead of a "no such table"
+        sends = await self._recent_sends()
+        if isinstance(self.limits, MemoryLimits):
+            await self._restore_counts(self.limits, sends)
+        await self.health.refresh(force=True)
+        await self.pools.refresh()
+        if self.pools.pools:
+            return "database"
+        self.pools.use_config()
+        return "config file (the database has no pools yet)"
 
     async def _recent_sends(self) -> list[CountedSend]:
         since = self.clock.now() - timedelta(hours=26)  # a rolling day, or a calendar day of up to 25 h
@@ -175,7 +234,7 @@ class Relay:
             answer = Outcome(send.outcome, send.provider_status)  # type: ignore[arg-type]
             if certainly_refused(answer, send.provider_kind or ""):
                 continue  # its reservation was given back when it happened
-            applicable, cost = self._limits_for_send(send.workspace_id, send.mail_from, send.recipients)
+            applicable, cost = self._limits_for_send(send.workspace_id, send.sent_as or send.mail_from, send.recipients)
             await limits.record([x for x in applicable if x.kind != "gcra"], cost, send.at)
             restored += 1
         if restored:
@@ -237,7 +296,12 @@ class Relay:
             self._http.should_exit = True
         if self.worker is not None:
             self.worker.stop()  # sends in flight finish and are recorded; unstarted claims are given back
+        for task in self._tasks:
+            if task.get_name() == "relay-pools":
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.selections.stop()  # the decisions still buffered
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.aclose()
@@ -245,3 +309,20 @@ class Relay:
             await self.limits.aclose()
         await self.db.dispose()
         log.info("relay.stopped")
+
+
+_RESTART_SECTIONS = ("smtp", "http", "database_url", "redis_url", "delivery", "instance_name", "webhooks")
+
+
+def restart_required(old: Settings, new: Settings) -> list[str]:
+    """The settings that differ between `old` and `new` and only take effect at start (JSON paths)."""
+    changed = [name for name in _RESTART_SECTIONS if getattr(old, name) != getattr(new, name)]
+    before = {w.id: w for w in old.workspaces}
+    after = {w.id: w for w in new.workspaces}
+    for workspace_id in sorted(before.keys() ^ after.keys()):
+        changed.append(f'workspaces: "{workspace_id}" {"added" if workspace_id in after else "removed"}')
+    for i, workspace in enumerate(new.workspaces):
+        previous = before.get(workspace.id)
+        if previous is not None and previous.provider != workspace.provider:
+            changed.append(f"workspaces[{i}].{workspace.provider.kind}")
+    return changed

@@ -123,11 +123,6 @@ def test_every_structural_problem_is_reported_at_once(tmp_path: Path) -> None:
     [
         (lambda d: d.update(fallback_workspace="nope"), 'fallback_workspace: unknown workspace "nope"'),
         (
-            lambda d: d.update(fallback_workspace=None),
-            "fallback_workspace: required while load_balancing_pools are enabled: pool senders are delivered "
-            "through it in this version",
-        ),
-        (
             lambda d: d["workspaces"][0]["sandbox"].update(enabled=False),
             'fallback_workspace: workspace "sandbox-primary" is disabled',
         ),

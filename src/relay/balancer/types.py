@@ -1,4 +1,4 @@
-"""The balancer's inputs and output: frozen snapshots the caller builds, and the decision with its evidence."""
+"""The balancer's inputs and output: snapshots the caller builds, and the decision with its evidence."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 __all__ = ["Candidate", "Selection"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one decision builds a Candidate per member (50 in a large pool), and a frozen dataclass costs three
+# times as much to construct. Nothing here mutates one; treat them as values.
+@dataclass(slots=True)
 class Candidate:
     """One pool member as the balancer sees it at decision time; the caller fills it from config and limits.
 

@@ -1,5 +1,6 @@
 """Configuration: pydantic models for the config file, `RELAY_*` overrides, validation with JSON paths."""
 
+from .checks import MAX_POOL_MEMBERS, MAX_POOLS
 from .domains import normalize_domain, normalize_pattern
 from .loader import json_path, load_settings
 from .models import (
@@ -10,6 +11,7 @@ from .models import (
     PoolMember,
     RateLimits,
     RetryPolicySettings,
+    SenderRewrite,
     SmtpSettings,
     SmtpUser,
     Strategy,
@@ -29,6 +31,8 @@ from .providers import (
 from .settings import Settings
 
 __all__ = [
+    "MAX_POOLS",
+    "MAX_POOL_MEMBERS",
     "PROVIDER_KINDS",
     "ApiKey",
     "DeliverySettings",
@@ -42,6 +46,7 @@ __all__ = [
     "RateLimits",
     "RetryPolicySettings",
     "SandboxSettings",
+    "SenderRewrite",
     "Settings",
     "SmtpSettings",
     "SmtpUser",

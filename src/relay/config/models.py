@@ -33,6 +33,7 @@ __all__ = [
     "PoolMember",
     "RateLimits",
     "RetryPolicySettings",
+    "SenderRewrite",
     "SmtpSettings",
     "SmtpUser",
     "Strategy",
@@ -45,6 +46,30 @@ Identifier = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za
 Domain = Annotated[str, AfterValidator(normalize_domain)]
 DomainPattern = Annotated[str, AfterValidator(normalize_pattern)]
 Strategy = Literal["capacity_weighted", "round_robin", "least_used", "random_weighted"]
+
+
+def _two_decimals(value: float) -> float:
+    if round(value, 2) != value:
+        raise ValueError(f"{value} has more than 2 decimal places (weights are stored as DECIMAL(5,2))")
+    return value
+
+
+# PRD TR4 stores weights as DECIMAL(5,2): 0 to 999.99 in steps of 0.01; 0 turns a member off.
+Weight = Annotated[float, Field(ge=0.0, le=999.99), AfterValidator(_two_decimals)]
+
+
+def _email(value: str) -> str:
+    """`local@domain` lower-cased, the domain normalised; raise ValueError naming the value."""
+    local, at, domain = value.strip().rpartition("@")
+    if not at or not local or any(c.isspace() or c in '<>(),;:"' for c in local):
+        raise ValueError(f'"{value}" is not an email address (local@domain)')
+    try:
+        return f"{local.lower()}@{normalize_domain(domain)}"
+    except ValueError:
+        raise ValueError(f'"{value}" is not an email address (local@domain)') from None
+
+
+EmailAddress = Annotated[str, AfterValidator(_email)]
 
 
 class _Model(BaseModel):
@@ -95,12 +120,21 @@ class HttpSettings(_Model):
     api_keys: list[ApiKey] = []
 
 
+SenderRewrite = Literal["keep", "domain", "default_sender"]
+
+
 class WorkspaceLoadBalancing(_Model):
+    """How a workspace takes part in pools. `sender_rewrite` applies only to mail a pool routed here:
+    `keep` the sender, rewrite its `domain` to the workspace's primary domain (its first non-wildcard
+    domain), or send as `default_sender` (else the gmail section's `default_sender`)."""
+
     enabled: bool = False
     pools: list[Identifier] = []
-    default_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    default_weight: Weight = 1.0
     min_capacity_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
     priority: int = Field(default=0, ge=0)
+    sender_rewrite: SenderRewrite = "keep"
+    default_sender: EmailAddress | None = None
 
 
 def _timezone(value: str) -> str:
@@ -180,10 +214,15 @@ class Workspace(_Model):
         extra = [self.domain] if self.domain and self.domain not in self.domains else []
         return [*self.domains, *extra]
 
+    @property
+    def primary_domain(self) -> str | None:
+        """The first domain in `all_domains` that is not a wildcard: where `sender_rewrite: domain` points."""
+        return next((d for d in self.all_domains if not d.startswith("*.")), None)
+
 
 class PoolMember(_Model):
     workspace_id: Identifier
-    weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    weight: Weight = 1.0
     enabled: bool = True
 
 
@@ -194,6 +233,8 @@ class Pool(_Model):
     strategy: Strategy = "capacity_weighted"
     enabled: bool = True
     workspaces: list[PoolMember] = []
+    # Other workspaces one delivery pass may fail over to after the first pick; None means every member.
+    max_failover_attempts: int | None = Field(default=None, ge=0, le=49)
 
 
 class Webhook(_Model):

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
 from ..clock import Clock, SystemClock
-from ..mime import PRIVATE_HEADERS, PRIVATE_PREFIXES, remove_fields, rewrite_headers
+from ..mime import PRIVATE_HEADERS, PRIVATE_PREFIXES, present_sender, remove_fields, rewrite_headers
+from ..pools import HealthView, LoadBalancer
 from ..providers import OutboundMessage, Outcome, Provider
 from ..routing import Router
 from ..store import (
@@ -24,19 +26,19 @@ from ..store import (
     Failed,
     MessageQueue,
     QueuedMessage,
-    Sent,
     Transition,
     WorkspaceState,
     WorkspaceStates,
 )
 from .backoff import RetryPolicy
-from .gate import CapacityGate
+from .gate import Admission, CapacityGate
+from .pool_path import PoolPath
+from .transitions import refusals, summary, transition_for
 
 __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger(__name__)
 
-_STATE_REFRESH_SECONDS = 1.0
 _MAX_PAUSE_SECONDS = 2 * 86_400.0
 
 
@@ -54,6 +56,8 @@ class DeliveryWorker:
         owner: str,
         header_rewrites: Mapping[str, tuple[tuple[str, str], ...]] | None = None,
         gate: CapacityGate | None = None,
+        balancer: LoadBalancer | None = None,
+        health: HealthView | None = None,
         concurrency: int = 64,
         lease_seconds: float = 300.0,
         poll_interval: float = 1.0,
@@ -84,8 +88,8 @@ class DeliveryWorker:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._slot_wait = max(0.0, (lease_seconds - send_timeout) / 2)
         self._not_started: dict[str, QueuedMessage] = {}
-        self._workspace_states: dict[str, WorkspaceState] = {}
-        self._states_read_at = float("-inf")
+        self.health = health or HealthView(states, self._clock)
+        self._pool_path = PoolPath(self, balancer, router) if balancer is not None else None
 
     def notify(self) -> None:
         """New mail was committed: look for work now instead of at the next poll."""
@@ -145,7 +149,7 @@ class DeliveryWorker:
 
     async def _claim_and_start(self, limit: int) -> int:
         try:
-            await self._refresh_states()
+            await self.health.refresh()
             batch = await self._queue.claim(owner=self._owner, limit=limit, lease_seconds=self._lease_seconds)
         except Exception as exc:  # database down: keep the loop alive, try again at the next poll
             log.error("delivery.claim_failed", error=f"{type(exc).__name__}: {exc}")
@@ -161,12 +165,6 @@ class DeliveryWorker:
         self._inflight.discard(task)
         self._wakeup.set()
 
-    async def _refresh_states(self) -> None:
-        now = self._clock.monotonic()
-        if now - self._states_read_at >= _STATE_REFRESH_SECONDS:
-            self._workspace_states = await self._states.all()
-            self._states_read_at = now
-
     async def _deliver_safely(self, message: QueuedMessage) -> None:
         try:
             await self._deliver(message)
@@ -176,63 +174,126 @@ class DeliveryWorker:
             log.exception("delivery.unexpected_error", message_id=message.id)
 
     async def _deliver(self, message: QueuedMessage) -> None:
-        workspace_id = self._workspace_for(message)
+        route = self._router.route(message.mail_from)
+        if route is not None and route.kind == "pool" and self._pool_path is not None:
+            await self._pool_path.deliver(message, route.target)
+            return
+        # A direct mapping, or a sender whose route disappeared since it was accepted: the fallback workspace.
+        workspace_id = route.target if route is not None and route.kind == "direct" else self._router.fallback_workspace
+        await self.deliver_direct(message, workspace_id)
+
+    async def deliver_direct(
+        self, message: QueuedMessage, workspace_id: str | None, evidence: dict[str, Any] | None = None
+    ) -> None:
+        """Deliver through one workspace; `evidence` is a pool decision that led here (degradation)."""
         provider = self._providers.get(workspace_id) if workspace_id else None
         now = self._clock.now()
         if workspace_id is None or provider is None:
-            self._not_started.pop(message.id, None)
+            self.forget_unstarted(message)
             outcome = Outcome("retry", response="no workspace serves this sender (configuration changed?)")
-            await self._queue.complete(message, None, self._transition(message, outcome, now, counted=False))
+            await self._queue.complete(message, None, self.transition(message, outcome, now, counted=False))
             return
-        state = self._workspace_states.get(workspace_id)
-        if state is not None and state.state != "active" and state.recheck_at and state.recheck_at > now:
-            self._not_started.pop(message.id, None)
-            reason = f'workspace "{workspace_id}" is {state.state}: {state.reason}'
-            await self._queue.complete(message, None, Deferred(until=state.recheck_at, reason=reason))
+        blocked_until = self.health.blocked_until(workspace_id, now)
+        if blocked_until is not None:
+            self.forget_unstarted(message)
+            state = self.health.state(workspace_id)
+            reason = f'workspace "{workspace_id}" is {state.state}: {state.reason}' if state else "unavailable"
+            await self._queue.complete(message, None, Deferred(until=blocked_until, reason=reason))
             return
+        async with self.slot(workspace_id, provider) as acquired:
+            if not acquired:
+                self.forget_unstarted(message)
+                until = self._clock.now() + timedelta(seconds=self._poll_interval)
+                reason = f'waiting for a free connection to workspace "{workspace_id}"'
+                await self._queue.complete(message, None, Deferred(until=until, reason=reason))
+                return
+            if self._stopping:
+                return  # still in _not_started: run() gives it back
+            self.forget_unstarted(message)
+            started = self._clock.now()
+            admission = await self.admit(workspace_id, message.mail_from, len(message.pending_rcpts))
+            if admission is not None and not admission.ok:
+                # Not an attempt: the message waits until capacity returns, or fails if it never can fit.
+                transition: Transition = (
+                    Failed(admission.reason)
+                    if admission.never
+                    else Deferred(until=started + timedelta(seconds=admission.wait), reason=admission.reason)
+                )
+                await self.record(message, None, transition)
+                return
+            attempt, outcome = await self.send(
+                message, workspace_id, provider, admission, message.mail_from, message.pending_rcpts, evidence
+            )
+        await self.finish(message, attempt, outcome)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, workspace_id: str, provider: Provider) -> AsyncIterator[bool]:
+        """A place among the workspace's concurrent sends, waited for at most `_slot_wait`; yields False if none."""
         slot = self._slots.setdefault(workspace_id, asyncio.Semaphore(provider.concurrency))
         try:
             async with asyncio.timeout(self._slot_wait):
                 await slot.acquire()
         except TimeoutError:
-            self._not_started.pop(message.id, None)
-            until = self._clock.now() + timedelta(seconds=self._poll_interval)
-            reason = f'waiting for a free connection to workspace "{workspace_id}"'
-            await self._queue.complete(message, None, Deferred(until=until, reason=reason))
+            yield False
             return
         try:
-            if self._stopping:
-                return  # still in _not_started: run() gives it back
-            self._not_started.pop(message.id, None)
-            await self._attempt(message, workspace_id, provider, state)
+            yield True
         finally:
             slot.release()
 
-    async def _attempt(
-        self, message: QueuedMessage, workspace_id: str, provider: Provider, state: WorkspaceState | None
-    ) -> None:
-        outbound = OutboundMessage(
-            id=message.id,
-            mail_from=message.mail_from,
-            recipients=message.pending_rcpts,
-            data=rewrite_headers(
-                remove_fields(message.raw, PRIVATE_HEADERS, PRIVATE_PREFIXES),
-                self._header_rewrites.get(workspace_id, ()),
-            ),
+    def forget_unstarted(self, message: QueuedMessage) -> None:
+        self._not_started.pop(message.id, None)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        return self._providers
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def poll_interval(self) -> float:
+        return self._poll_interval
+
+    def may_retry(self, message: QueuedMessage, outcomes: Sequence[str]) -> bool:
+        """Whether `message` may be sent again after this pass's `outcomes`: failover never takes a message past
+        `max_attempts` (temporary failures) or `max_age_seconds`."""
+        failures = message.temp_failures + sum(1 for kind in outcomes if kind == "retry")
+        age = (self._clock.now() - message.created_at).total_seconds()
+        return self._policy.exhausted(failures, age) is None
+
+    def time_for_another_send(self, pass_started: float) -> bool:
+        """Whether a failover send (waiting for a slot, then sending) still ends inside this pass's lease."""
+        elapsed = self._clock.monotonic() - pass_started
+        return elapsed + self._slot_wait + self._send_timeout < self._lease_seconds * 0.9
+
+    async def admit(self, workspace_id: str, sender: str, recipients: int) -> Admission | None:
+        return await self._gate.admit(workspace_id, sender, recipients) if self._gate else None
+
+    async def send(
+        self,
+        message: QueuedMessage,
+        workspace_id: str,
+        provider: Provider,
+        admission: Admission | None,
+        sent_as: str,
+        recipients: tuple[str, ...],
+        evidence: dict[str, Any] | None = None,
+    ) -> tuple[AttemptRecord, Outcome]:
+        """One send of `message` through `workspace_id`, its reservation settled, its state updated."""
+        data = rewrite_headers(
+            remove_fields(message.raw, PRIVATE_HEADERS, PRIVATE_PREFIXES),
+            self._header_rewrites.get(workspace_id, ()),
         )
+        if sent_as != message.mail_from:
+            data = present_sender(data, message.mail_from, sent_as)
+        outbound = OutboundMessage(id=message.id, mail_from=sent_as, recipients=recipients, data=data)
         started = self._clock.now()
-        admission = (
-            await self._gate.admit(workspace_id, message.mail_from, len(outbound.recipients)) if self._gate else None
-        )
-        if admission is not None and not admission.ok:
-            # Not an attempt: the message waits until capacity returns, or fails if it never can fit.
-            transition: Transition = (
-                Failed(admission.reason)
-                if admission.never
-                else Deferred(until=started + timedelta(seconds=admission.wait), reason=admission.reason)
-            )
-            await self._record(message, None, transition)
-            return
         outcome = await self._send(provider, outbound)
         if admission is not None and self._gate is not None:
             await self._gate.settle(admission, outcome, provider.kind)
@@ -244,28 +305,45 @@ class DeliveryWorker:
             finished_at=finished,
             outcome=outcome.kind,
             provider_status=outcome.status,
-            provider_response="; ".join(filter(None, [outcome.response, _refusals(outcome)]))
+            provider_response="; ".join(filter(None, [outcome.response, refusals(outcome)]))
             if outcome.kind == "sent"
             else outcome.response,
             provider_message_id=outcome.provider_message_id,
             recipients=outcome.recipient_results or None,
+            pool_id=evidence.get("pool") if evidence else None,
+            selection=evidence,
+            sent_as=sent_as if sent_as != message.mail_from else None,
         )
-        transition = self._transition(message, outcome, finished)
-        if not await self._record(message, attempt, transition):
-            log.warning("delivery.lease_lost", message_id=message.id, workspace_id=workspace_id)
+        await self._update_workspace_state(workspace_id, outcome, finished)
+        return attempt, outcome
+
+    async def finish(
+        self, message: QueuedMessage, attempt: AttemptRecord, outcome: Outcome, earlier: Sequence[AttemptRecord] = ()
+    ) -> None:
+        """Record the pass's attempts and move the message on according to the last outcome."""
+        failures = sum(1 for a in earlier if a.outcome == "retry")
+        transition = self.transition(message, outcome, attempt.finished_at, earlier_failures=failures)
+        if not await self.record(message, attempt, transition, earlier):
+            log.warning("delivery.lease_lost", message_id=message.id, workspace_id=attempt.workspace_id)
             return
-        await self._update_workspace_state(workspace_id, state, outcome, finished)
         log.info(
             "delivery.attempt",
             message_id=message.id,
-            workspace_id=workspace_id,
+            workspace_id=attempt.workspace_id,
+            pool_id=attempt.pool_id,
             outcome=outcome.kind,
             status=outcome.status,
-            attempt=message.attempts + 1,
+            attempt=message.attempts + len(earlier) + 1,
             result=type(transition).__name__.lower(),
         )
 
-    async def _record(self, message: QueuedMessage, attempt: AttemptRecord | None, transition: Transition) -> bool:
+    async def record(
+        self,
+        message: QueuedMessage,
+        attempt: AttemptRecord | None,
+        transition: Transition,
+        earlier: Sequence[AttemptRecord] = (),
+    ) -> bool:
         """Write the outcome of a send that already happened, retrying while the database is away.
 
         Giving up early would let the lease expire and the message be sent a second time, so this keeps
@@ -275,21 +353,13 @@ class DeliveryWorker:
         pause = 0.2
         while True:
             try:
-                return await self._queue.complete(message, attempt, transition)
+                return await self._queue.complete(message, attempt, transition, earlier=earlier)
             except Exception as exc:
                 if self._clock.monotonic() + pause > deadline:
                     raise
                 log.warning("delivery.record_retry", message_id=message.id, error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
-
-    def _workspace_for(self, message: QueuedMessage) -> str | None:
-        route = self._router.route(message.mail_from)
-        if route is not None and route.kind == "direct":
-            return route.target
-        # Pool senders and senders whose route disappeared go to the fallback workspace until the
-        # balancer (a later stage) picks inside pools.
-        return self._router.fallback_workspace
 
     async def _send(self, provider: Provider, message: OutboundMessage) -> Outcome:
         try:
@@ -301,9 +371,7 @@ class DeliveryWorker:
             log.exception("delivery.provider_error", message_id=message.id)
             return Outcome("retry", response=f"{type(exc).__name__}: {exc}")
 
-    async def _update_workspace_state(
-        self, workspace_id: str, state: WorkspaceState | None, outcome: Outcome, now: datetime
-    ) -> None:
+    async def _update_workspace_state(self, workspace_id: str, outcome: Outcome, now: datetime) -> None:
         wait = outcome.workspace_wait
         if outcome.kind == "quota" and outcome.quota_scope == "workspace":
             # The provider's own signal: stricter than our count, so the workspace gets no mail until then.
@@ -311,58 +379,30 @@ class DeliveryWorker:
         if wait:
             wait = min(wait, _MAX_PAUSE_SECONDS)  # a bogus far-future "retry after" must not park a workspace
             until = now + timedelta(seconds=wait)
-            reason = _summary(outcome)
+            reason = summary(outcome)
             await self._states.mark_paused(workspace_id, reason, until)
-            self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "paused", reason, now, until)
+            self.health.note(WorkspaceState(workspace_id, "paused", reason, now, until))
             log.warning("workspace.paused", workspace_id=workspace_id, until=until.isoformat(), response=reason)
         elif outcome.kind == "auth":
             recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
-            reason = _summary(outcome) or "credentials refused"
+            reason = summary(outcome) or "credentials refused"
             await self._states.mark_broken(workspace_id, reason, recheck)
-            self._workspace_states[workspace_id] = WorkspaceState(workspace_id, "broken", reason, now, recheck)
+            self.health.note(WorkspaceState(workspace_id, "broken", reason, now, recheck))
             log.warning("workspace.broken", workspace_id=workspace_id, response=reason)
-        elif outcome.kind == "sent" and state is not None and state.state != "active":
+        elif outcome.kind == "sent" and self.health.state(workspace_id) is not None:
             await self._states.mark_active(workspace_id)
-            self._workspace_states.pop(workspace_id, None)
+            self.health.note(WorkspaceState(workspace_id, "active", None, now, None))
             log.info("workspace.recovered", workspace_id=workspace_id)
 
-    def _transition(
-        self, message: QueuedMessage, outcome: Outcome, now: datetime, *, counted: bool = True
+    def transition(
+        self,
+        message: QueuedMessage,
+        outcome: Outcome,
+        now: datetime,
+        *,
+        counted: bool = True,
+        earlier_failures: int = 0,
     ) -> Transition:
-        failures = message.temp_failures + (1 if counted and outcome.kind == "retry" else 0)
-        age = (now - message.created_at).total_seconds()
-        policy = self._policy
-        summary = _summary(outcome)
-        match outcome.kind:
-            case "sent":
-                if not outcome.retry_recipients:
-                    return Sent(_refusals(outcome))
-                delay = policy.delay(failures + 1, self._rng, outcome.retry_after)
-                return Deferred(
-                    now + timedelta(seconds=delay), "some recipients deferred: " + summary, outcome.retry_recipients
-                )
-            case "permanent":
-                return Failed(summary)
-            case "quota" | "auth":
-                if age >= policy.max_age_seconds:
-                    return Failed(f"gave up after {age / 3600:.1f} hours in the queue: {summary}")
-                wait = policy.quota_retry_seconds if outcome.kind == "quota" else policy.auth_recheck_seconds
-                return Deferred(now + timedelta(seconds=max(wait, outcome.retry_after or 0)), summary)
-            case _:
-                exhausted = policy.exhausted(failures, age)
-                if exhausted:
-                    return Failed(f"{exhausted}: {summary}")
-                delay = policy.delay(max(failures, 1), self._rng, outcome.retry_after)
-                return Deferred(now + timedelta(seconds=delay), summary, outcome.retry_recipients or None)
-
-
-def _summary(outcome: Outcome) -> str:
-    """`451 4.3.0 try later`: the provider's status and text, as stored in `last_error`."""
-    return f"{outcome.status} {outcome.response}".strip() if outcome.status else outcome.response
-
-
-def _refusals(outcome: Outcome) -> str | None:
-    """`refused for good: a@x.org: 550 5.1.1 …` for recipients a partly successful send could not reach."""
-    if not outcome.rejected_recipients:
-        return None
-    return "refused for good: " + "; ".join(f"{rcpt}: {why}" for rcpt, why in outcome.rejected_recipients.items())
+        return transition_for(
+            message, outcome, now, self._policy, self._rng, counted=counted, earlier_failures=earlier_failures
+        )

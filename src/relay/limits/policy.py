@@ -5,10 +5,13 @@ Every process builds the same keys from the same config, so they share counters 
 
 from __future__ import annotations
 
-from ..config import RateLimits
-from .types import Limit
+from collections.abc import Sequence
 
-__all__ = ["cost_of", "limits_for", "user_limit"]
+from ..config import RateLimits
+from .capacity import Capacity, capacity_from
+from .types import Limit, Usage
+
+__all__ = ["capacity_of", "cost_of", "limits_for", "user_limit"]
 
 _DAY = 86_400.0
 
@@ -53,3 +56,19 @@ def limits_for(
 def cost_of(rate_limits: RateLimits, recipients: int) -> int:
     """What one send counts: 1 per message, or 1 per recipient with `count_by: recipient`."""
     return max(1, recipients) if rate_limits.count_by == "recipient" else 1
+
+
+def capacity_of(limits: Sequence[Limit], usages: Sequence[Usage]) -> Capacity:
+    """The `Capacity` of one (workspace, sender) from `limits_for`'s limits and their usage, in the same order."""
+    workspace: Usage | None = None
+    user: Usage | None = None
+    pacing: list[Usage] = []
+    for limit, usage in zip(limits, usages, strict=True):
+        if limit.kind == "gcra":
+            pacing.append(usage)
+        elif limit.key.startswith("ws:"):
+            workspace = usage
+        else:
+            user = usage
+    assert user is not None, "limits_for always includes the sender's limit"
+    return capacity_from(workspace, user, pacing)

@@ -2,6 +2,16 @@
 
 from .patterns import DomainTable, pattern_matches
 from .pools import Member, pool_members
+from .presentation import presented_sender
 from .router import Route, Router, sender_domain
 
-__all__ = ["DomainTable", "Member", "Route", "Router", "pattern_matches", "pool_members", "sender_domain"]
+__all__ = [
+    "DomainTable",
+    "Member",
+    "Route",
+    "Router",
+    "pattern_matches",
+    "pool_members",
+    "presented_sender",
+    "sender_domain",
+]

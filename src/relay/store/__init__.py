@@ -1,10 +1,12 @@
-"""Store: tables, migrations, durable ingest, the delivery queue and workspace state."""
+"""Store: tables, migrations, durable ingest, the delivery queue, workspace state and load-balancing pools."""
 
 from .database import Database, async_url
 from .ids import new_message_id
 from .ingest import Ingest
 from .messages import AttemptView, CountedSend, Messages, MessageView
+from .pools import PoolMemberRow, PoolRow, PoolTables
 from .queue import MessageQueue
+from .selections import SelectionLog, SelectionView
 from .types import (
     AttemptRecord,
     Deferred,
@@ -31,7 +33,12 @@ __all__ = [
     "MessageView",
     "Messages",
     "NewMessage",
+    "PoolMemberRow",
+    "PoolRow",
+    "PoolTables",
     "QueuedMessage",
+    "SelectionLog",
+    "SelectionView",
     "Sent",
     "Transition",
     "WorkspaceState",

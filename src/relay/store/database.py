@@ -117,6 +117,24 @@ class Database:
         await self.engine.dispose()
 
 
+_DEADLOCK_CODES = frozenset({1213, 1205})  # MySQL/MariaDB: deadlock, lock wait timeout
+_DEADLOCK_STATES = frozenset({"40P01", "40001"})  # PostgreSQL: deadlock detected, serialization failure
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether `exc` is the database breaking a lock cycle: the transaction was rolled back and may simply be run
+    again (InnoDB can pick a `SELECT … FOR UPDATE SKIP LOCKED` claim as the victim when another process updates
+    the same index range)."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    args = getattr(orig, "args", ())
+    if args and args[0] in _DEADLOCK_CODES:
+        return True
+    state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return state in _DEADLOCK_STATES
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     # WAL lets readers run beside the writer; synchronous=FULL fsyncs the WAL on every commit, which is
     # what makes "250 means durable" true. The driver's own transaction handling is turned off so that

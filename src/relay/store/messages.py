@@ -42,6 +42,9 @@ class AttemptView:
     finished_at: datetime
     latency_ms: int
     recipients: dict[str, str] | None
+    pool_id: str | None = None
+    selection: dict[str, Any] | None = None
+    sent_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class CountedSend:
     provider_kind: str | None
     outcome: str
     provider_status: str | None
+    pool_id: str | None = None  # a pool's failed-over attempts are rows like any other and count the same
+    sent_as: str | None = None  # the envelope sender used, when rewritten; `mail_from` stays the original
 
 
 class Messages:
@@ -106,6 +111,9 @@ class Messages:
                 finished_at=from_db(r.finished_at),
                 latency_ms=r.latency_ms,
                 recipients=r.recipients,
+                pool_id=r.pool_id,
+                selection=r.selection,
+                sent_as=r.sent_as,
             )
             for r in rows
         ]
@@ -121,10 +129,12 @@ class Messages:
                 delivery_attempts.c.provider_kind,
                 delivery_attempts.c.outcome,
                 delivery_attempts.c.provider_status,
+                delivery_attempts.c.pool_id,
+                delivery_attempts.c.sent_as,
             )
             .join(messages, messages.c.id == delivery_attempts.c.message_id)
             .where(delivery_attempts.c.started_at >= to_db(since), delivery_attempts.c.workspace_id.is_not(None))
-            .order_by(delivery_attempts.c.started_at)
+            .order_by(delivery_attempts.c.started_at, delivery_attempts.c.id)
         )
         async with self._db.read() as connection:
             rows = (await connection.execute(query)).all()
@@ -137,6 +147,8 @@ class Messages:
                 r.provider_kind,
                 r.outcome,
                 r.provider_status,
+                r.pool_id,
+                r.sent_as,
             )
             for r in rows
         ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from ..clock import Clock
-from .database import Database
+from .database import Database, is_deadlock
 from .tables import delivery_attempts, messages
 from .timestamps import from_db, to_db
 from .types import AttemptRecord, Deferred, Failed, QueuedMessage, Sent, Transition
@@ -39,7 +41,19 @@ class MessageQueue:
         self._claims = itertools.count(1)
 
     async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[QueuedMessage]:
-        """Lease up to `limit` due messages (waiting ones, or sending ones whose lease ran out)."""
+        """Lease up to `limit` due messages (waiting ones, or sending ones whose lease ran out).
+
+        A claim the database rolled back to break a deadlock is run again (up to three tries): it changed nothing.
+        """
+        for attempt in range(3):
+            try:
+                return await self._claim(owner=owner, limit=limit, lease_seconds=lease_seconds)
+            except DBAPIError as exc:
+                if attempt == 2 or not is_deadlock(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[QueuedMessage]:
         now = self._clock.now()
         expires = to_db(now + timedelta(seconds=lease_seconds))
         token = f"{owner}/{next(self._claims)}"
@@ -69,8 +83,21 @@ class MessageQueue:
             rows = (await connection.execute(sa.select(*_CLAIM_COLUMNS).where(messages.c.id.in_(ids)))).all()
         return [_queued(row) for row in sorted(rows, key=lambda r: ids.index(r.id))]
 
-    async def complete(self, message: QueuedMessage, attempt: AttemptRecord | None, transition: Transition) -> bool:
-        """Record `attempt` and move the message on. False if the lease was lost to another worker."""
+    async def complete(
+        self,
+        message: QueuedMessage,
+        attempt: AttemptRecord | None,
+        transition: Transition,
+        *,
+        earlier: Sequence[AttemptRecord] = (),
+    ) -> bool:
+        """Record `attempt` and move the message on. False if the lease was lost to another worker.
+
+        `earlier` are attempts of the same delivery pass that failed over before `attempt`, in order; all
+        of them are written in this transaction and numbered consecutively, `attempt` last.
+        """
+        assert attempt is not None or not earlier, "failed-over attempts need the attempt that ended the pass"
+        attempts = [*earlier, attempt] if attempt is not None else []
         now = to_db(self._clock.now())
         values: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
         match transition:
@@ -82,13 +109,15 @@ class MessageQueue:
                     values["pending_rcpts"] = list(pending)
             case Failed(reason=reason):
                 values.update(status="failed", next_attempt_at=None, last_error=reason)
-        if attempt is not None:
-            values.update(attempts=messages.c.attempts + 1, workspace_id=attempt.workspace_id)
-            if attempt.outcome == "retry":
-                values["temp_failures"] = messages.c.temp_failures + 1
+        if attempts:
+            values.update(attempts=messages.c.attempts + len(attempts), workspace_id=attempts[-1].workspace_id)
+            retries = sum(1 for a in attempts if a.outcome == "retry")
+            if retries:
+                values["temp_failures"] = messages.c.temp_failures + retries
+        rows = [_attempt_row(message, a, message.attempts + n) for n, a in enumerate(attempts, start=1)]
         async with self._db.begin() as connection:
-            if attempt is not None:
-                await connection.execute(delivery_attempts.insert().values(_attempt_row(message, attempt)))
+            if rows:
+                await connection.execute(delivery_attempts.insert(), rows)
             result = await connection.execute(
                 messages.update()
                 .where(messages.c.id == message.id, messages.c.lease_owner == message.lease_owner)
@@ -146,10 +175,10 @@ def _queued(row: sa.Row[Any]) -> QueuedMessage:
     )
 
 
-def _attempt_row(message: QueuedMessage, attempt: AttemptRecord) -> dict[str, Any]:
+def _attempt_row(message: QueuedMessage, attempt: AttemptRecord, number: int) -> dict[str, Any]:
     return {
         "message_id": message.id,
-        "attempt_number": message.attempts + 1,
+        "attempt_number": number,
         "workspace_id": attempt.workspace_id,
         "provider_kind": attempt.provider_kind,
         "started_at": to_db(attempt.started_at),
@@ -160,4 +189,7 @@ def _attempt_row(message: QueuedMessage, attempt: AttemptRecord) -> dict[str, An
         "provider_message_id": attempt.provider_message_id,
         "latency_ms": attempt.latency_ms,
         "recipients": attempt.recipients,
+        "pool_id": attempt.pool_id,
+        "selection": attempt.selection,
+        "sent_as": attempt.sent_as,
     }

@@ -5,7 +5,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["delivery_attempts", "messages", "metadata", "workspaces"]
+__all__ = [
+    "STRATEGIES",
+    "delivery_attempts",
+    "load_balancing_pools",
+    "load_balancing_selections",
+    "messages",
+    "metadata",
+    "pool_workspaces",
+    "workspaces",
+]
 
 metadata = sa.MetaData()
 
@@ -62,6 +71,11 @@ delivery_attempts = sa.Table(
     sa.Column("provider_message_id", sa.String(255), nullable=True),
     sa.Column("latency_ms", sa.Integer, nullable=False),
     sa.Column("recipients", sa.JSON, nullable=True),
+    # Set when a load-balancing pool chose the workspace: the pool, the decision's evidence, and the
+    # envelope sender actually used if the sender was rewritten for that workspace.
+    sa.Column("pool_id", sa.String(255), nullable=True),
+    sa.Column("selection", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("sent_as", sa.String(512), nullable=True),
     sa.Index("ix_delivery_attempts_message_id", "message_id"),
 )
 
@@ -74,4 +88,49 @@ workspaces = sa.Table(
     sa.Column("state_reason", sa.Text, nullable=True),
     sa.Column("state_changed_at", Timestamp, nullable=False),
     sa.Column("recheck_at", Timestamp, nullable=True),
+)
+
+# The PRD's TR4 tables. Strategy names are checked by a named CHECK constraint rather than a native ENUM,
+# which PostgreSQL would create as a separate type and SQLite lacks.
+STRATEGIES = ("capacity_weighted", "round_robin", "least_used", "random_weighted")
+
+load_balancing_pools = sa.Table(
+    "load_balancing_pools",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("domain_patterns", sa.JSON, nullable=False),
+    sa.Column("strategy", sa.String(32), nullable=False, server_default="capacity_weighted"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    # Not in the PRD: how many workspaces of the pool one delivery pass may try; NULL means the default.
+    sa.Column("max_failover_attempts", sa.Integer, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint(f"strategy IN ({', '.join(repr(s) for s in STRATEGIES)})", name="ck_lb_pools_strategy"),
+)
+
+pool_workspaces = sa.Table(
+    "pool_workspaces",
+    metadata,
+    sa.Column(
+        "pool_id", sa.String(255), sa.ForeignKey("load_balancing_pools.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("workspace_id", sa.String(255), primary_key=True),
+    sa.Column("weight", sa.Numeric(5, 2), nullable=False, server_default="1.0"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+)
+
+# One row per pick: the decision log. Written in batches by `SelectionLog`, never on the delivery path.
+load_balancing_selections = sa.Table(
+    "load_balancing_selections",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("pool_id", sa.String(255), nullable=True),
+    sa.Column("workspace_id", sa.String(255), nullable=True),
+    sa.Column("sender_email", sa.String(255), nullable=True),
+    sa.Column("selected_at", Timestamp, nullable=False),
+    sa.Column("success", sa.Boolean, nullable=True),
+    sa.Column("capacity_score", sa.Numeric(5, 4), nullable=True),
+    sa.Index("idx_pool_workspace", "pool_id", "workspace_id"),
+    sa.Index("idx_selected_at", "selected_at"),
 )

@@ -65,6 +65,9 @@ class AttemptRecord:
     provider_response: str | None = None
     provider_message_id: str | None = None
     recipients: dict[str, str] | None = None  # per-recipient result, when the provider gives one
+    pool_id: str | None = None  # the load-balancing pool that chose `workspace_id`, if one did
+    selection: dict[str, Any] | None = None  # that choice's evidence (strategy, scores, candidates)
+    sent_as: str | None = None  # the envelope sender actually used, when it was rewritten for the workspace
 
     @property
     def latency_ms(self) -> int:

@@ -1,0 +1,23 @@
+"""Pools at run time: the current pools (config file and database), their members' capacity and health, and the
+PRD's `LoadBalancer` that turns them into one decision per message. I/O lives here; the choice itself is the pure
+`relay.balancer`."""
+
+from .capacity import CapacityView, LimitPolicy
+from .catalog import PoolCatalog, PoolView, config_rows
+from .health import HealthView
+from .load_balancer import ALREADY_TRIED, RESERVATION_REFUSED, Decision, LoadBalancer, MemberReport, PoolStatus
+
+__all__ = [
+    "ALREADY_TRIED",
+    "RESERVATION_REFUSED",
+    "CapacityView",
+    "Decision",
+    "HealthView",
+    "LimitPolicy",
+    "LoadBalancer",
+    "MemberReport",
+    "PoolCatalog",
+    "PoolStatus",
+    "PoolView",
+    "config_rows",
+]

@@ -1,0 +1,143 @@
+"""Load-balancing pools and their member workspaces, as stored in the PRD's TR4 tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..clock import Clock
+from .database import Database
+from .tables import STRATEGIES, load_balancing_pools, pool_workspaces
+from .timestamps import to_db
+
+__all__ = ["PoolMemberRow", "PoolRow", "PoolTables"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMemberRow:
+    workspace_id: str
+    weight: float
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRow:
+    id: str
+    name: str
+    domain_patterns: tuple[str, ...]
+    strategy: str
+    enabled: bool
+    members: tuple[PoolMemberRow, ...]
+    max_failover_attempts: int | None = None
+
+
+class PoolTables:
+    """Reads and writes whole pools; a pool and its members always change in one transaction."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def replace(self, pools: Sequence[PoolRow]) -> None:
+        """Upsert each pool and make its members exactly `members`; pools not given are left alone."""
+        now = to_db(self._clock.now())
+        for tries_left in reversed(range(3)):
+            try:
+                async with self._db.begin() as connection:
+                    for pool in pools:
+                        await _upsert_pool(connection, pool, now)
+                        await _replace_members(connection, pool)
+                return
+            except IntegrityError:
+                # Another process inserted the same new pool or member first; once it has committed,
+                # the next try updates its rows instead.
+                if not tries_left:
+                    raise
+
+    async def load(self) -> list[PoolRow]:
+        """Every pool with its members: pools by id, members by workspace id. Two queries in all."""
+        pools_query = sa.select(load_balancing_pools).order_by(load_balancing_pools.c.id)
+        members_query = sa.select(pool_workspaces).order_by(pool_workspaces.c.pool_id, pool_workspaces.c.workspace_id)
+        async with self._db.read() as connection:
+            pools = (await connection.execute(pools_query)).all()
+            members = (await connection.execute(members_query)).all()
+        by_pool: dict[str, list[PoolMemberRow]] = {}
+        for m in members:
+            by_pool.setdefault(m.pool_id, []).append(PoolMemberRow(m.workspace_id, float(m.weight), bool(m.enabled)))
+        return [
+            PoolRow(
+                id=p.id,
+                name=p.name,
+                domain_patterns=tuple(p.domain_patterns),
+                strategy=p.strategy,
+                enabled=bool(p.enabled),
+                members=tuple(by_pool.get(p.id, ())),
+                max_failover_attempts=p.max_failover_attempts,
+            )
+            for p in pools
+        ]
+
+    async def delete(self, pool_id: str) -> bool:
+        """Remove a pool and its members; False if there was no such pool."""
+        async with self._db.begin() as connection:
+            # Members explicitly: the foreign key cascades too, but not on a SQLite file opened without the pragma.
+            await connection.execute(pool_workspaces.delete().where(pool_workspaces.c.pool_id == pool_id))
+            result = await connection.execute(load_balancing_pools.delete().where(load_balancing_pools.c.id == pool_id))
+        return result.rowcount == 1
+
+
+def _weight(value: float) -> Decimal:
+    """Numeric(5, 2): two decimals, half up, so 0.125 is 0.13 on every database alike."""
+    if not math.isfinite(value) or abs(value) >= 999.995:
+        raise ValueError(f"pool member weight {value} does not fit the column (at most 999.99)")
+    return Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+async def _upsert_pool(connection: AsyncConnection, pool: PoolRow, now: datetime) -> None:
+    if pool.strategy not in STRATEGIES:
+        raise ValueError(f'pool "{pool.id}": unknown strategy "{pool.strategy}" (one of {", ".join(STRATEGIES)})')
+    values: dict[str, Any] = {
+        "name": pool.name,
+        "domain_patterns": list(pool.domain_patterns),
+        "strategy": pool.strategy,
+        "enabled": pool.enabled,
+        "max_failover_attempts": pool.max_failover_attempts,
+        "updated_at": now,
+    }
+    # Update first, insert if nothing matched: portable, and the write lock the transaction holds (BEGIN
+    # IMMEDIATE on SQLite, the row lock elsewhere) keeps created_at of a row that exists.
+    table = load_balancing_pools
+    updated = await connection.execute(table.update().where(table.c.id == pool.id).values(**values))
+    if updated.rowcount == 0:
+        await connection.execute(table.insert().values(id=pool.id, created_at=now, **values))
+
+
+async def _replace_members(connection: AsyncConnection, pool: PoolRow) -> None:
+    table = pool_workspaces
+    members = {m.workspace_id: m for m in pool.members}  # a workspace listed twice: the last entry wins
+    listed = list(members)
+    stale = table.delete().where(table.c.pool_id == pool.id)
+    if listed:
+        stale = stale.where(table.c.workspace_id.not_in(listed))
+    await connection.execute(stale)
+    existing = set(
+        (await connection.execute(sa.select(table.c.workspace_id).where(table.c.pool_id == pool.id))).scalars()
+    )
+    for member in members.values():
+        values = {"weight": _weight(member.weight), "enabled": member.enabled}
+        if member.workspace_id in existing:
+            await connection.execute(
+                table.update()
+                .where(table.c.pool_id == pool.id, table.c.workspace_id == member.workspace_id)
+                .values(**values)
+            )
+        else:
+            await connection.execute(table.insert().values(pool_id=pool.id, workspace_id=member.workspace_id, **values))
