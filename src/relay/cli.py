@@ -64,6 +64,7 @@ def serve(config: ConfigOption = None) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # a SIGHUP during start-up must not kill the process
         reloads: set[asyncio.Task[None]] = set()
         try:
             relay = Relay(settings)

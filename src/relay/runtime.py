@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import sqlalchemy as sa
+import sqlalchemy.exc
 import structlog
 import uvicorn
 
@@ -203,16 +204,21 @@ class Relay:
         return rows
 
     async def open_for_inspection(self) -> str:
-        """Load counters, health and pools for a dry run (`relay pools test`) without starting anything.
+        """Load counters, health and pools for a dry run (`relay pools test`) without starting or changing anything
+        (no migration either: a newer build must not upgrade a live database from a dry run).
 
         Returns where the pools came from: the database, or the config file when the database has none yet.
         """
-        await self.db.upgrade()  # idempotent; a fresh database gets its tables instead of a "no such table"
-        sends = await self._recent_sends()
-        if isinstance(self.limits, MemoryLimits):
-            await self._restore_counts(self.limits, sends)
-        await self.health.refresh(force=True)
-        await self.pools.refresh()
+        try:
+            sends = await self._recent_sends()
+            if isinstance(self.limits, MemoryLimits):
+                await self._restore_counts(self.limits, sends)
+            await self.health.refresh(force=True)
+            await self.pools.refresh()
+        except sa.exc.DBAPIError as exc:
+            log.debug("pools.inspect_without_tables", error=type(exc).__name__)
+            self.pools.use_config()
+            return "config file (the database is not set up: `relay db upgrade` creates its tables)"
         if self.pools.pools:
             return "database"
         self.pools.use_config()

@@ -82,7 +82,7 @@ def test_every_member_with_its_weight_and_status_on_a_fresh_database(config_path
     first, rows = pools_test(config_path)
     assert first == (
         f"pool invite (random_weighted), sender {SENDER}; "
-        "pools read from the config file (the database has no pools yet)"
+        "pools read from the config file (the database is not set up: `relay db upgrade` creates its tables)"
     )
     assert list(rows) == ["mg-1", "mg-2", "mg-3"]
     assert [rows[ws]["weight"] for ws in rows] == ["3", "1", "1"]

@@ -197,3 +197,93 @@ async def test_a_member_with_refused_credentials_is_skipped_and_no_message_fails
             assert (member.health, member.excluded) == ("broken", "unhealthy")
         finally:
             await relay.stop()
+
+
+async def test_a_message_waiting_on_a_pool_that_never_returns_expires_at_max_age(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Every member disabled: nothing says when capacity returns, so the message looks again every minute —
+    until max_age_seconds, when it fails instead of waiting for ever."""
+    clock = ManualClock()
+    workspaces = [limited_member(tmp_path, ws) for ws in MEMBERS]
+    members = [{"workspace_id": ws, "enabled": False} for ws in MEMBERS]
+    data = config(
+        sqlite_url,
+        workspaces,
+        load_balancing_pools=[{**pool(POOL_ID, ["invite.com"], []), "workspaces": members}],
+        delivery={"retry": {"max_age_seconds": 3600}},
+    )
+    relay = await start_relay(data, tmp_path, clock=clock)
+    try:
+        [waiting] = (await submit_many(relay, SENDER, 1, tag="aging")).values()
+        await wait_for_statuses(relay, {"deferred": 1})
+        [view] = await views(relay, [waiting])
+        assert view.last_error is not None and view.last_error.startswith("pool_exhausted")
+        assert view.next_attempt_at is not None and 59 <= (view.next_attempt_at - clock.now()).total_seconds() <= 61
+        clock.advance(3601)
+        relay.worker.notify()  # type: ignore[union-attr]
+        await wait_for_statuses(relay, {"failed": 1})
+        [view] = await views(relay, [waiting])
+        assert view.last_error is not None and view.last_error.startswith("gave up after 1.0 hours"), view.last_error
+        assert view.attempts == 0
+    finally:
+        await relay.stop()
+
+
+async def test_a_failing_selection_degrades_to_the_fallback_and_is_counted(sqlite_url: str, tmp_path: Path) -> None:
+    """PRD risk mitigation: a bug or backend error in selection never loses or bounces the message."""
+    fallback_outbox = tmp_path / "outbox-fallback"
+    fallback_outbox.mkdir()
+    data = exhausted_pool_config(
+        sqlite_url,
+        tmp_path,
+        extra_workspaces=[sandbox_workspace("fallback", ["fallback.example"], fallback_outbox)],
+        fallback_workspace="fallback",
+    )
+    relay = await start_relay(data, tmp_path)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the balancer")
+
+    relay.balancer.decide = broken  # type: ignore[method-assign]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            ids = list((await submit_many(relay, SENDER, 3, tag="broken-selection")).values())
+            await wait_for_statuses(relay, {"sent": 3})
+        assert len(list(fallback_outbox.glob("*.eml"))) == 3
+        assert relay.balancer.selection_failures == 3
+        attempts = await attempts_of(relay, ids)
+        for message_id in ids:
+            [attempt] = attempts[message_id]
+            assert attempt.workspace_id == "fallback" and attempt.pool_id == POOL_ID
+            assert attempt.selection is not None and attempt.selection["fallback_action"] == "fallback_workspace"
+        events = Counter(e["event"] for e in logs)
+        assert events["load_balancing.selection_failed"] == 3 and events["load_balancing.pool_exhausted"] == 3
+    finally:
+        await relay.stop()
+
+
+async def test_a_workspace_state_that_cannot_be_written_never_costs_the_attempts_record(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox-refusing"
+    outbox.mkdir()
+    refusing = sandbox_workspace("refusing", ["joinmednet.org"], outbox, fail_rate=1.0, fail_with="535 5.7.8 bad key")
+    relay = await start_relay(config(sqlite_url, [refusing]), tmp_path)
+
+    async def database_away(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("database away for a moment")
+
+    relay.states.mark_broken = database_away  # type: ignore[method-assign]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            [message_id] = (await submit_many(relay, "app@joinmednet.org", 1, tag="state-write")).values()
+            await wait_for_statuses(relay, {"deferred": 1})
+        [view] = await views(relay, [message_id])
+        assert view.attempts == 1  # the send happened and is on record, so it is not repeated when a lease runs out
+        [attempt] = (await attempts_of(relay, [message_id]))[message_id]
+        assert attempt.outcome == "auth" and attempt.provider_status == "535"
+        assert any(e["event"] == "workspace.state_write_failed" for e in logs)
+        assert relay.health.state("refusing") is not None  # this process still knows and keeps mail away
+    finally:
+        await relay.stop()

@@ -54,8 +54,9 @@ class PoolPath:
         last: tuple[AttemptRecord, Outcome] | None = None
         decision: Decision | None = None
         while len(tried) < limit:
-            if worker.stopping and tried:
-                break  # shutting down: record what happened; no new send
+            budget = worker.slot_budget(started)
+            if (worker.stopping or budget <= 0) and tried:
+                break  # shutting down, or no further send fits in the lease: record what happened
             try:
                 decision = await balancer.decide(sender, pool_id, exclude=tried, refused=refused.keys())
             except Exception as exc:
@@ -70,13 +71,15 @@ class PoolPath:
             if provider is None:  # the catalog only lists configured workspaces; a reload may race
                 refused[workspace_id] = Admission(False, reason="not configured in this process")
                 continue
-            async with worker.slot(workspace_id, provider) as acquired:
+            async with worker.slot(workspace_id, provider, budget) as acquired:
                 if not acquired:
                     busy = True
                     refused[workspace_id] = Admission(False, wait=worker.poll_interval, reason="all connections busy")
                     continue
                 if worker.stopping:
-                    return  # nothing sent yet (see above): still unstarted, run() gives it back
+                    if tried:
+                        break  # record the attempts made; no new send
+                    return  # nothing sent: still unstarted, run() gives it back
                 admission = await worker.admit(workspace_id, decision.sent_as, len(message.pending_rcpts))
                 if admission is not None and not admission.ok:
                     balancer.refused(decision)
@@ -104,7 +107,7 @@ class PoolPath:
             last = (attempt, outcome)
             if (
                 not self._fails_over(outcome)
-                or not worker.time_for_another_send(started)
+                or worker.slot_budget(started) <= 0
                 or not worker.may_retry(message, [a.outcome for a in (*earlier, attempt)])
             ):
                 break
@@ -119,8 +122,8 @@ class PoolPath:
         if last is not None:
             await worker.finish(message, last[0], last[1], earlier)
             return
-        worker.forget_unstarted(message)
         if busy:  # capacity is there, only every connection is taken: not an exhausted pool
+            worker.forget_unstarted(message)
             until = worker.clock.now() + timedelta(seconds=worker.poll_interval)
             await worker.record(message, None, Deferred(until, f'waiting for a free connection in pool "{pool_id}"'))
             return
@@ -151,13 +154,19 @@ class PoolPath:
         if refused:
             evidence["refused"] = {ws: a.reason for ws, a in refused.items()}
         if target is not None:
-            await worker.deliver_direct(message, target, evidence)
+            await worker.deliver_direct(message, target, evidence)  # it takes the message from here
             return
+        worker.forget_unstarted(message)
         now = worker.clock.now()
         reason = f'pool_exhausted: no workspace of pool "{pool_id}" can take this message now'
-        if refused and all(a.never for a in refused.values()) and len(refused) == len(exhausted.members):
-            # every member refused for good (the message costs more than any limit): waiting cannot help
+        takers = [m.workspace_id for m in exhausted.members if m.enabled and m.weight > 0]
+        if takers and all(ws in refused and refused[ws].never for ws in takers):
+            # every member that could take mail refused for good (the message costs more than any limit)
             await worker.record(message, None, Failed(f"{reason}: " + "; ".join(a.reason for a in refused.values())))
+            return
+        too_old = worker.too_old(message)
+        if too_old:
+            await worker.record(message, None, Failed(f"{too_old}: {reason}"))
             return
         earliest = exhausted.earliest_capacity_in(now)
         waits = [w for w in (earliest, *_waits(refused)) if w is not None and w > 0]

@@ -89,6 +89,7 @@ class DeliveryWorker:
         self._slot_wait = max(0.0, (lease_seconds - send_timeout) / 2)
         self._not_started: dict[str, QueuedMessage] = {}
         self.health = health or HealthView(states, self._clock)
+        self._state_changes: list[WorkspaceState] = []
         self._pool_path = PoolPath(self, balancer, router) if balancer is not None else None
 
     def notify(self) -> None:
@@ -227,11 +228,12 @@ class DeliveryWorker:
         await self.finish(message, attempt, outcome)
 
     @contextlib.asynccontextmanager
-    async def slot(self, workspace_id: str, provider: Provider) -> AsyncIterator[bool]:
-        """A place among the workspace's concurrent sends, waited for at most `_slot_wait`; yields False if none."""
+    async def slot(self, workspace_id: str, provider: Provider, wait: float | None = None) -> AsyncIterator[bool]:
+        """A place among the workspace's concurrent sends, waited for at most `wait` (default `_slot_wait`);
+        yields False if none."""
         slot = self._slots.setdefault(workspace_id, asyncio.Semaphore(provider.concurrency))
         try:
-            async with asyncio.timeout(self._slot_wait):
+            async with asyncio.timeout(self._slot_wait if wait is None else max(wait, 0.0)):
                 await slot.acquire()
         except TimeoutError:
             yield False
@@ -267,10 +269,18 @@ class DeliveryWorker:
         age = (self._clock.now() - message.created_at).total_seconds()
         return self._policy.exhausted(failures, age) is None
 
-    def time_for_another_send(self, pass_started: float) -> bool:
-        """Whether a failover send (waiting for a slot, then sending) still ends inside this pass's lease."""
+    def slot_budget(self, pass_started: float) -> float:
+        """How long this pass may still wait for a slot so that a send started then ends inside the lease (with a
+        10 % margin); at most `_slot_wait`. Not above 0: no further send fits in this pass."""
         elapsed = self._clock.monotonic() - pass_started
-        return elapsed + self._slot_wait + self._send_timeout < self._lease_seconds * 0.9
+        return min(self._slot_wait, self._lease_seconds * 0.9 - elapsed - self._send_timeout)
+
+    def too_old(self, message: QueuedMessage) -> str | None:
+        """Why `message` must stop waiting (`max_age_seconds`), or None."""
+        age = (self._clock.now() - message.created_at).total_seconds()
+        if age >= self._policy.max_age_seconds:
+            return f"gave up after {age / 3600:.1f} hours in the queue"
+        return None
 
     async def admit(self, workspace_id: str, sender: str, recipients: int) -> Admission | None:
         return await self._gate.admit(workspace_id, sender, recipients) if self._gate else None
@@ -314,7 +324,7 @@ class DeliveryWorker:
             selection=evidence,
             sent_as=sent_as if sent_as != message.mail_from else None,
         )
-        await self._update_workspace_state(workspace_id, outcome, finished)
+        self._note_state(workspace_id, outcome, finished)  # in memory now; written after the attempt is recorded
         return attempt, outcome
 
     async def finish(
@@ -323,7 +333,9 @@ class DeliveryWorker:
         """Record the pass's attempts and move the message on according to the last outcome."""
         failures = sum(1 for a in earlier if a.outcome == "retry")
         transition = self.transition(message, outcome, attempt.finished_at, earlier_failures=failures)
-        if not await self.record(message, attempt, transition, earlier):
+        recorded = await self.record(message, attempt, transition, earlier)
+        await self._persist_states()
+        if not recorded:
             log.warning("delivery.lease_lost", message_id=message.id, workspace_id=attempt.workspace_id)
             return
         log.info(
@@ -371,7 +383,9 @@ class DeliveryWorker:
             log.exception("delivery.provider_error", message_id=message.id)
             return Outcome("retry", response=f"{type(exc).__name__}: {exc}")
 
-    async def _update_workspace_state(self, workspace_id: str, outcome: Outcome, now: datetime) -> None:
+    def _note_state(self, workspace_id: str, outcome: Outcome, now: datetime) -> None:
+        """What `outcome` says about the workspace: paused, broken or recovered. Noted in this process at once
+        (the next decision avoids it); `_persist_states` writes it for every process after the attempt."""
         wait = outcome.workspace_wait
         if outcome.kind == "quota" and outcome.quota_scope == "workspace":
             # The provider's own signal: stricter than our count, so the workspace gets no mail until then.
@@ -380,19 +394,34 @@ class DeliveryWorker:
             wait = min(wait, _MAX_PAUSE_SECONDS)  # a bogus far-future "retry after" must not park a workspace
             until = now + timedelta(seconds=wait)
             reason = summary(outcome)
-            await self._states.mark_paused(workspace_id, reason, until)
-            self.health.note(WorkspaceState(workspace_id, "paused", reason, now, until))
+            self._state_changes.append(WorkspaceState(workspace_id, "paused", reason, now, until))
             log.warning("workspace.paused", workspace_id=workspace_id, until=until.isoformat(), response=reason)
         elif outcome.kind == "auth":
             recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
             reason = summary(outcome) or "credentials refused"
-            await self._states.mark_broken(workspace_id, reason, recheck)
-            self.health.note(WorkspaceState(workspace_id, "broken", reason, now, recheck))
+            self._state_changes.append(WorkspaceState(workspace_id, "broken", reason, now, recheck))
             log.warning("workspace.broken", workspace_id=workspace_id, response=reason)
         elif outcome.kind == "sent" and self.health.state(workspace_id) is not None:
-            await self._states.mark_active(workspace_id)
-            self.health.note(WorkspaceState(workspace_id, "active", None, now, None))
+            self._state_changes.append(WorkspaceState(workspace_id, "active", None, now, None))
             log.info("workspace.recovered", workspace_id=workspace_id)
+        else:
+            return
+        self.health.note(self._state_changes[-1])
+
+    async def _persist_states(self) -> None:
+        """Write the workspace states noted since the last call. A failure only delays what other processes
+        learn (this one already knows); it must never keep an attempt that happened from being recorded."""
+        changes, self._state_changes = self._state_changes, []
+        for state in changes:
+            try:
+                if state.state == "paused" and state.recheck_at is not None:
+                    await self._states.mark_paused(state.id, state.reason or "", state.recheck_at)
+                elif state.state == "broken" and state.recheck_at is not None:
+                    await self._states.mark_broken(state.id, state.reason or "", state.recheck_at)
+                else:
+                    await self._states.mark_active(state.id)
+            except Exception as exc:
+                log.warning("workspace.state_write_failed", workspace_id=state.id, error=f"{type(exc).__name__}: {exc}")
 
     def transition(
         self,
