@@ -18,11 +18,13 @@ import uvicorn
 
 from .api import create_app
 from .clock import Clock, SystemClock
-from .config import Settings, SmtpSettings
+from .config import HealthSettings, Settings, SmtpSettings
+from .config.reload import header_rewrites, restart_required
 from .delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
+from .health import Breakers, BreakerSettings, BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore
 from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
 from .limits.policy import cost_of, limits_for
-from .pools import CapacityView, HealthView, LoadBalancer, PoolCatalog
+from .pools import CapacityView, HealthChecker, HealthView, LoadBalancer, PoolCatalog, breaker_settings
 from .providers import Outcome, Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
@@ -60,9 +62,22 @@ class Relay:
         )
         self._counts_restored = False
         self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
+        self._header_rewrites = header_rewrites(settings)
+        self._retired: list[Provider] = []  # replaced by a reload, closed once their sends are done
         self.router = Router(settings, pools=())
         self.pools = PoolCatalog(settings, PoolTables(self.db, self.clock), self.router)
-        self.health = HealthView(self.states, self.clock)
+        breaker_store: BreakerStore = (
+            RedisBreakerStore(settings.redis_url) if settings.redis_url else MemoryBreakerStore()
+        )
+        self.breakers = Breakers(
+            breaker_store, self._breaker_settings, self.clock, self.owner, on_change=self._health_changed
+        )
+        self.health = HealthView(self.states, self.clock, breakers=self.breakers)
+        self.health.track([w.id for w in settings.workspaces])
+        self.health.ejection_groups = self.pools.ejection_groups
+        self.checker = HealthChecker(
+            self.providers, self._health_settings, self.health, self.states, self.breakers, self.clock, rng=self.rng
+        )
         self.selections = SelectionLog(self.db, self.clock)
         self.balancer = LoadBalancer(
             self.pools,
@@ -87,7 +102,7 @@ class Relay:
     async def start(self) -> None:
         s = self.settings
         context = ProviderContext(rng=self.rng, clock=self.clock)
-        self.providers = {w.id: build_provider(w, context) for w in s.workspaces if w.provider.enabled}
+        self.providers.update({w.id: build_provider(w, context) for w in s.workspaces if w.provider.enabled})
         await self.db.upgrade()
         if s.instance_name:
             released = await self.queue.release_leases(s.instance_name)
@@ -104,6 +119,7 @@ class Relay:
         await self.pools.apply(s)
         self.selections.start()
         self._tasks.append(asyncio.create_task(self._follow_pools(), name="relay-pools"))
+        self._tasks.append(asyncio.create_task(self.checker.run(), name="relay-health"))
         router = self.router
         self.ingest.start()
         self.worker = DeliveryWorker(
@@ -115,11 +131,7 @@ class Relay:
             providers=self.providers,
             policy=RetryPolicy.from_settings(s.delivery.retry),
             gate=CapacityGate(self.limits, self._limits_for_send),
-            header_rewrites={
-                w.id: tuple((r.header_name, r.new_value) for r in w.provider.header_rewrite.rules)
-                for w in s.workspaces
-                if w.provider.header_rewrite.enabled
-            },
+            header_rewrites=self._header_rewrites,
             owner=self.owner,
             concurrency=s.delivery.concurrency,
             lease_seconds=s.delivery.lease_seconds,
@@ -151,6 +163,29 @@ class Relay:
             owner=self.owner,
         )
 
+    def _health_settings(self, workspace_id: str) -> HealthSettings | None:
+        workspace = self.settings.workspace(workspace_id)
+        return workspace.health if workspace is not None else None
+
+    def _breaker_settings(self, workspace_id: str) -> BreakerSettings:
+        workspace = self.settings.workspace(workspace_id)
+        # the probe is a real send: it may take the whole send timeout
+        probe_timeout = self.settings.delivery.send_timeout_seconds + 10.0
+        return breaker_settings(workspace.health if workspace is not None else HealthSettings(), probe_timeout)
+
+    def _health_changed(self, workspace_id: str, old: BreakerState, new: BreakerState) -> None:
+        """`workspace.health_changed` (the events issue turns this into a webhook event)."""
+        names = {"closed": "healthy", "open": "open", "half_open": "half_open"}
+        log.warning(
+            "workspace.health_changed",
+            workspace_id=workspace_id,
+            old=names[old.state],
+            new=names[new.state],
+            error=new.last_error,
+            ejections=new.ejections,
+            open_until=new.open_until,
+        )
+
     async def _follow_pools(self, interval: float = 1.0) -> None:
         """Pick up pool changes made in the database (by another process, the API, SQL) within `interval`."""
         while True:
@@ -169,11 +204,51 @@ class Relay:
             log.error("config.reload_refused", restart_required=needs_restart)
             return needs_restart
         await self.pools.apply(settings)  # first: if writing the pools fails, nothing has changed
-        self.settings = settings
+        previous, self.settings = self.settings, settings
         self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
+        changed = self._swap_providers(previous, settings)
         self.router.update(settings)
-        log.info("config.reloaded", pools=len(self.pools.pools), workspaces=len(settings.workspaces))
+        self.health.track([w.id for w in settings.workspaces])
+        for workspace_id in changed:
+            self.checker.check_soon(workspace_id)  # new credentials: learn at once whether they work
+        log.info(
+            "config.reloaded",
+            pools=len(self.pools.pools),
+            workspaces=len(settings.workspaces),
+            providers_rebuilt=changed or None,
+        )
         return []
+
+    def _swap_providers(self, old: Settings, new: Settings) -> list[str]:
+        """Rebuild the providers whose section changed (new credentials, a new base_url, enabled or not). Sends in
+        flight keep the old client; it is closed once they have had the send timeout to finish."""
+        before = {w.id: w for w in old.workspaces}
+        context = ProviderContext(rng=self.rng, clock=self.clock)
+        changed: list[str] = []
+        retired: list[Provider] = []
+        for workspace in new.workspaces:
+            previous = before.get(workspace.id)
+            if previous is None or previous.provider == workspace.provider:
+                continue
+            changed.append(workspace.id)
+            old_provider = self.providers.pop(workspace.id, None)
+            if old_provider is not None:
+                retired.append(old_provider)
+            if workspace.provider.enabled:
+                self.providers[workspace.id] = build_provider(workspace, context)
+        self._header_rewrites.clear()
+        self._header_rewrites.update(header_rewrites(new))
+        if retired:
+            self._retired.extend(retired)
+            self._tasks.append(asyncio.create_task(self._retire(retired), name="relay-retire-providers"))
+        return changed
+
+    async def _retire(self, providers: list[Provider]) -> None:
+        await asyncio.sleep(self.settings.delivery.send_timeout_seconds)
+        for provider in providers:
+            self._retired.remove(provider)
+            with contextlib.suppress(Exception):
+                await provider.aclose()
 
     def _limits_for_send(self, workspace_id: str, sender: str, recipients: int) -> tuple[list[Limit], int]:
         rate_limits = self._rate_limits[workspace_id]
@@ -303,32 +378,18 @@ class Relay:
         if self.worker is not None:
             self.worker.stop()  # sends in flight finish and are recorded; unstarted claims are given back
         for task in self._tasks:
-            if task.get_name() == "relay-pools":
+            if task.get_name() in ("relay-pools", "relay-retire-providers", "relay-health"):
                 task.cancel()
+        self.checker.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.selections.stop()  # the decisions still buffered
-        for provider in self.providers.values():
+        for provider in [*self.providers.values(), *self._retired]:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         with contextlib.suppress(Exception):
             await self.limits.aclose()
+        with contextlib.suppress(Exception):
+            await self.breakers.aclose()
         await self.db.dispose()
         log.info("relay.stopped")
-
-
-_RESTART_SECTIONS = ("smtp", "http", "database_url", "redis_url", "delivery", "instance_name", "webhooks")
-
-
-def restart_required(old: Settings, new: Settings) -> list[str]:
-    """The settings that differ between `old` and `new` and only take effect at start (JSON paths)."""
-    changed = [name for name in _RESTART_SECTIONS if getattr(old, name) != getattr(new, name)]
-    before = {w.id: w for w in old.workspaces}
-    after = {w.id: w for w in new.workspaces}
-    for workspace_id in sorted(before.keys() ^ after.keys()):
-        changed.append(f'workspaces: "{workspace_id}" {"added" if workspace_id in after else "removed"}')
-    for i, workspace in enumerate(new.workspaces):
-        previous = before.get(workspace.id)
-        if previous is not None and previous.provider != workspace.provider:
-            changed.append(f"workspaces[{i}].{workspace.provider.kind}")
-    return changed

@@ -86,7 +86,7 @@ def test_every_member_with_its_weight_and_status_on_a_fresh_database(config_path
     )
     assert list(rows) == ["mg-1", "mg-2", "mg-3"]
     assert [rows[ws]["weight"] for ws in rows] == ["3", "1", "1"]
-    assert [rows[ws]["health"] for ws in rows] == ["active", "active", "disabled"]
+    assert [rows[ws]["health"] for ws in rows] == ["healthy", "healthy", "disabled"]
     assert rows["mg-3"]["status"] == "excluded: disabled"
     assert rows["mg-3"]["score"] == "-"
     assert sorted(rows[ws]["status"] for ws in ("mg-1", "mg-2")) == ["chosen", "eligible"]

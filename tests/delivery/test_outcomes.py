@@ -127,7 +127,7 @@ async def test_refused_credentials_break_the_workspace_and_keep_the_message(data
             # Later mail for the broken workspace waits for the re-check instead of hammering the upstream.
             second = await submit(relay, ["b@example.org"])
             later = await settled(relay, second, "deferred")
-            assert later.last_error == f'workspace "gmail-relay" is broken: {state.reason}'
+            assert later.last_error == f'workspace "gmail-relay" is auth_broken: {state.reason}'
             assert await Messages(relay.db).attempts(second) == []
             assert [a.outcome for a in await Messages(relay.db).attempts(first)] == ["auth"]
             assert upstream.received() == []
@@ -184,7 +184,7 @@ async def test_a_provider_quota_signal_pauses_the_workspace(database_url: str, t
         second = await submit(relay, ["b@example.org"])
         waiting = await settled(relay, second, "deferred")
         assert waiting.last_error is not None
-        assert waiting.last_error.startswith('workspace "ses" is paused: 454 Throttling failure')
+        assert waiting.last_error.startswith('workspace "ses" is throttled: 454 Throttling failure')
         assert await Messages(relay.db).attempts(second) == []
         assert sink.received() == []
     finally:

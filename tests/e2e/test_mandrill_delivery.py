@@ -218,6 +218,6 @@ async def test_an_hourly_quota_hold_is_accepted_and_pauses_the_workspace(env: En
     second = await env.submit(["b@example.org"], raw)
     later = await env.settled(second, "deferred")
     assert later.last_error is not None
-    assert later.last_error.startswith('workspace "mandrill-1" is paused: 200 quota-limited')
+    assert later.last_error.startswith('workspace "mandrill-1" is throttled: 200 quota-limited')
     assert await Messages(env.relay.db).attempts(second) == []
     assert len(env.mandrill.deliveries) == 1

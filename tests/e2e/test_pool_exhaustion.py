@@ -194,7 +194,7 @@ async def test_a_member_with_refused_credentials_is_skipped_and_no_message_fails
             status = await relay.balancer.get_pool_status(POOL_ID)
             assert status is not None and status.available == 2
             member = {m.workspace_id: m for m in status.members}["broken-ws"]
-            assert (member.health, member.excluded) == ("broken", "unhealthy")
+            assert (member.health, member.excluded) == ("auth_broken", "unhealthy")
         finally:
             await relay.stop()
 

@@ -106,7 +106,7 @@ async def test_disabled_unhealthy_and_already_tried_members_are_excluded_with_th
         "c": "unhealthy",
         "d": ALREADY_TRIED,
     }
-    assert decision.member("c") is not None and decision.member("c").health == "broken"  # type: ignore[union-attr]
+    assert decision.member("c") is not None and decision.member("c").health == "auth_broken"  # type: ignore[union-attr]
 
 
 async def test_a_broken_workspace_is_offered_again_once_its_recheck_time_has_passed() -> None:

@@ -6,6 +6,7 @@ from .loader import json_path, load_settings
 from .models import (
     ApiKey,
     DeliverySettings,
+    HealthSettings,
     HttpSettings,
     Pool,
     PoolMember,
@@ -37,6 +38,7 @@ __all__ = [
     "ApiKey",
     "DeliverySettings",
     "GmailSettings",
+    "HealthSettings",
     "HttpSettings",
     "MailgunSettings",
     "MandrillSettings",

@@ -28,6 +28,7 @@ from .secrets import NonEmptySecret, Secret
 __all__ = [
     "ApiKey",
     "DeliverySettings",
+    "HealthSettings",
     "HttpSettings",
     "Pool",
     "PoolMember",
@@ -165,6 +166,27 @@ class RateLimits(_Model):
         return {email.strip().lower(): limit for email, limit in value.items()}
 
 
+class HealthSettings(_Model):
+    """Active checks and the passive circuit breaker of one workspace (issue 6); the defaults suit most."""
+
+    checks_enabled: bool = True
+    check_interval_seconds: float = Field(default=60.0, ge=1.0)
+    check_timeout_seconds: float = Field(default=10.0, gt=0)
+    consecutive_failures: int = Field(default=5, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    window_seconds: float = Field(default=60.0, gt=0)
+    min_requests: int = Field(default=20, ge=1)
+    base_open_seconds: float = Field(default=30.0, gt=0)
+    max_open_seconds: float = Field(default=600.0, gt=0)
+    decay_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _open_bounds(self) -> HealthSettings:
+        if self.max_open_seconds < self.base_open_seconds:
+            raise ValueError("max_open_seconds must be at least base_open_seconds")
+        return self
+
+
 _LATER_PROVIDERS = ("sendgrid", "ses", "postmark")
 
 
@@ -175,6 +197,7 @@ class Workspace(_Model):
     display_name: str | None = None
     load_balancing: WorkspaceLoadBalancing = WorkspaceLoadBalancing()
     rate_limits: RateLimits = RateLimits()
+    health: HealthSettings = HealthSettings()
     gmail: GmailSettings | None = None
     mailgun: MailgunSettings | None = None
     mandrill: MandrillSettings | None = None
@@ -235,6 +258,9 @@ class Pool(_Model):
     workspaces: list[PoolMember] = []
     # Other workspaces one delivery pass may fail over to after the first pick; None means every member.
     max_failover_attempts: int | None = Field(default=None, ge=0, le=49)
+    # Never eject more than this share of the pool's members at once, counted after the ejection (Envoy's
+    # max_ejection_percent): the last healthy-looking members keep taking mail rather than none.
+    max_ejection_percent: float = Field(default=50.0, ge=0.0, le=100.0)
 
 
 class Webhook(_Model):

@@ -127,6 +127,9 @@ class SandboxSettings(_ProviderSection):
     latency_ms: int = Field(default=0, ge=0)
     fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     fail_with: Annotated[str, Field(pattern=r"^[245]\d\d( .*)?$")] = "503"
+    # The active health check answers this reply instead of checking the outbox ("535 5.7.8 …" = refused
+    # credentials, anything else = unreachable); null: a real check of the outbox directory.
+    check_fail_with: Annotated[str, Field(pattern=r"^[45]\d\d( .*)?$")] | None = None
 
 
 ProviderSettings = GmailSettings | MailgunSettings | MandrillSettings | UpstreamSmtpSettings | SandboxSettings

@@ -27,19 +27,17 @@ from ..store import (
     MessageQueue,
     QueuedMessage,
     Transition,
-    WorkspaceState,
     WorkspaceStates,
 )
 from .backoff import RetryPolicy
 from .gate import Admission, CapacityGate
 from .pool_path import PoolPath
+from .states import StateRecorder
 from .transitions import refusals, summary, transition_for
 
 __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger(__name__)
-
-_MAX_PAUSE_SECONDS = 2 * 86_400.0
 
 
 class DeliveryWorker:
@@ -89,7 +87,7 @@ class DeliveryWorker:
         self._slot_wait = max(0.0, (lease_seconds - send_timeout) / 2)
         self._not_started: dict[str, QueuedMessage] = {}
         self.health = health or HealthView(states, self._clock)
-        self._state_changes: list[WorkspaceState] = []
+        self._recorder = StateRecorder(states, self.health, policy)
         self._pool_path = PoolPath(self, balancer, router) if balancer is not None else None
 
     def notify(self) -> None:
@@ -197,8 +195,8 @@ class DeliveryWorker:
         blocked_until = self.health.blocked_until(workspace_id, now)
         if blocked_until is not None:
             self.forget_unstarted(message)
-            state = self.health.state(workspace_id)
-            reason = f'workspace "{workspace_id}" is {state.state}: {state.reason}' if state else "unavailable"
+            health = self.health.health(workspace_id, now)
+            reason = f'workspace "{workspace_id}" is {health.state}: {health.last_error or "no detail"}'
             await self._queue.complete(message, None, Deferred(until=blocked_until, reason=reason))
             return
         async with self.slot(workspace_id, provider) as acquired:
@@ -283,6 +281,14 @@ class DeliveryWorker:
         return None
 
     async def admit(self, workspace_id: str, sender: str, recipients: int) -> Admission | None:
+        """The workspace's circuit breaker first (an open one takes nothing; a half-open one one probe), then
+        the capacity reservation."""
+        if not await self.health.admit(workspace_id):
+            until = self.health.blocked_until(workspace_id)
+            wait = (until - self._clock.now()).total_seconds() if until is not None else self._poll_interval
+            return Admission(
+                False, wait=max(wait, self._poll_interval), reason=f'workspace "{workspace_id}" is ejected'
+            )
         return await self._gate.admit(workspace_id, sender, recipients) if self._gate else None
 
     async def send(
@@ -324,7 +330,8 @@ class DeliveryWorker:
             selection=evidence,
             sent_as=sent_as if sent_as != message.mail_from else None,
         )
-        self._note_state(workspace_id, outcome, finished)  # in memory now; written after the attempt is recorded
+        self._recorder.note(workspace_id, outcome, finished)  # in memory now; written after the attempt is recorded
+        await self.health.observe(workspace_id, outcome, summary(outcome))  # never raises
         return attempt, outcome
 
     async def finish(
@@ -334,7 +341,7 @@ class DeliveryWorker:
         failures = sum(1 for a in earlier if a.outcome == "retry")
         transition = self.transition(message, outcome, attempt.finished_at, earlier_failures=failures)
         recorded = await self.record(message, attempt, transition, earlier)
-        await self._persist_states()
+        await self._recorder.persist()
         if not recorded:
             log.warning("delivery.lease_lost", message_id=message.id, workspace_id=attempt.workspace_id)
             return
@@ -382,46 +389,6 @@ class DeliveryWorker:
         except Exception as exc:  # a provider bug must not lose the message: treat it as temporary
             log.exception("delivery.provider_error", message_id=message.id)
             return Outcome("retry", response=f"{type(exc).__name__}: {exc}")
-
-    def _note_state(self, workspace_id: str, outcome: Outcome, now: datetime) -> None:
-        """What `outcome` says about the workspace: paused, broken or recovered. Noted in this process at once
-        (the next decision avoids it); `_persist_states` writes it for every process after the attempt."""
-        wait = outcome.workspace_wait
-        if outcome.kind == "quota" and outcome.quota_scope == "workspace":
-            # The provider's own signal: stricter than our count, so the workspace gets no mail until then.
-            wait = max(wait or 0.0, outcome.retry_after or self._policy.quota_retry_seconds)
-        if wait:
-            wait = min(wait, _MAX_PAUSE_SECONDS)  # a bogus far-future "retry after" must not park a workspace
-            until = now + timedelta(seconds=wait)
-            reason = summary(outcome)
-            self._state_changes.append(WorkspaceState(workspace_id, "paused", reason, now, until))
-            log.warning("workspace.paused", workspace_id=workspace_id, until=until.isoformat(), response=reason)
-        elif outcome.kind == "auth":
-            recheck = now + timedelta(seconds=self._policy.auth_recheck_seconds)
-            reason = summary(outcome) or "credentials refused"
-            self._state_changes.append(WorkspaceState(workspace_id, "broken", reason, now, recheck))
-            log.warning("workspace.broken", workspace_id=workspace_id, response=reason)
-        elif outcome.kind == "sent" and self.health.state(workspace_id) is not None:
-            self._state_changes.append(WorkspaceState(workspace_id, "active", None, now, None))
-            log.info("workspace.recovered", workspace_id=workspace_id)
-        else:
-            return
-        self.health.note(self._state_changes[-1])
-
-    async def _persist_states(self) -> None:
-        """Write the workspace states noted since the last call. A failure only delays what other processes
-        learn (this one already knows); it must never keep an attempt that happened from being recorded."""
-        changes, self._state_changes = self._state_changes, []
-        for state in changes:
-            try:
-                if state.state == "paused" and state.recheck_at is not None:
-                    await self._states.mark_paused(state.id, state.reason or "", state.recheck_at)
-                elif state.state == "broken" and state.recheck_at is not None:
-                    await self._states.mark_broken(state.id, state.reason or "", state.recheck_at)
-                else:
-                    await self._states.mark_active(state.id)
-            except Exception as exc:
-                log.warning("workspace.state_write_failed", workspace_id=state.id, error=f"{type(exc).__name__}: {exc}")
 
     def transition(
         self,

@@ -4,7 +4,8 @@ PRD's `LoadBalancer` that turns them into one decision per message. I/O lives he
 
 from .capacity import CapacityView, LimitPolicy
 from .catalog import PoolCatalog, PoolView, config_rows
-from .health import HealthView
+from .checks import HealthChecker, breaker_settings
+from .health import HealthState, HealthView, WorkspaceHealth
 from .load_balancer import ALREADY_TRIED, RESERVATION_REFUSED, Decision, LoadBalancer, MemberReport, PoolStatus
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "RESERVATION_REFUSED",
     "CapacityView",
     "Decision",
+    "HealthChecker",
+    "HealthState",
     "HealthView",
     "LimitPolicy",
     "LoadBalancer",
@@ -19,5 +22,7 @@ __all__ = [
     "PoolCatalog",
     "PoolStatus",
     "PoolView",
+    "WorkspaceHealth",
+    "breaker_settings",
     "config_rows",
 ]

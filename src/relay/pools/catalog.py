@@ -17,6 +17,7 @@ from typing import cast
 import structlog
 
 from ..config import Settings, Strategy, Workspace
+from ..health import EjectionGroups
 from ..routing import Member, Router, pool_members
 from ..store import PoolMemberRow, PoolRow, PoolTables
 
@@ -38,6 +39,7 @@ class PoolView:
     members: tuple[Member, ...]
     max_failover_attempts: int | None = None
     skipped: tuple[tuple[str, str], ...] = ()
+    max_ejection_percent: float = 50.0
 
     @property
     def failover_limit(self) -> int:
@@ -92,6 +94,15 @@ class PoolCatalog:
 
     def get(self, pool_id: str) -> PoolView | None:
         return self._pools.get(pool_id)
+
+    def ejection_groups(self, workspace_id: str) -> EjectionGroups:
+        """The pools `workspace_id` is in, for the breaker's ejection cap: (other members, size, max %)."""
+        groups = []
+        for pool in self._pools.values():
+            ids = [m.workspace_id for m in pool.members]
+            if workspace_id in ids:
+                groups.append(([ws for ws in ids if ws != workspace_id], len(ids), pool.max_ejection_percent))
+        return groups
 
     def pools_of(self, workspace_id: str) -> list[str]:
         """Ids of the pools `workspace_id` is a member of."""
@@ -171,6 +182,9 @@ class PoolCatalog:
             members=tuple(members),
             max_failover_attempts=row.max_failover_attempts,
             skipped=tuple(skipped),
+            max_ejection_percent=next(
+                (p.max_ejection_percent for p in self._settings.load_balancing_pools if p.id == row.id), 50.0
+            ),
         )
 
 

@@ -1,54 +1,167 @@
-"""Which workspaces may take mail now, from the shared `workspaces` table, cached for a second.
+"""Which workspaces may take mail now, and why not (issue 6), as one process sees it.
 
-Until active health checks land (issue 6) a workspace is healthy unless it is broken (refused credentials) or
-paused (an account-level quota) with its recheck time still ahead. Once that time has passed it is offered mail
-again: the next send is the recheck.
+Two sources, each kept apart by kind of trouble:
+- the shared `workspaces` table: `auth_broken` (credentials refused; rechecked) and `throttled` (an account quota
+  or Retry-After; until then) — these are capacity and credentials, not health;
+- the circuit breakers (`relay.health`, shared through Redis when configured): `open` (ejected until its
+  deadline), `half_open` (one probe across all processes), and `degraded` (closed, but failing lately).
+Both are cached for at most `refresh_seconds`; a decision reads the cache, and the send itself asks the breaker
+for admission (`admit`), so a half-open workspace gets exactly one probe.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import structlog
 
 from ..clock import Clock
+from ..health import Breakers, BreakerState, EjectionGroups
+from ..providers import Outcome
 from ..store import WorkspaceState, WorkspaceStates
 
-__all__ = ["HealthView"]
+__all__ = ["HealthState", "HealthView", "WorkspaceHealth"]
+
+log = structlog.get_logger(__name__)
+
+HealthState = Literal["healthy", "degraded", "throttled", "open", "half_open", "auth_broken"]
+
+_DB_STATES: dict[str, HealthState] = {"broken": "auth_broken", "paused": "throttled"}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceHealth:
+    workspace_id: str
+    state: HealthState
+    last_error: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None  # when it may take mail again (recheck, quota reset, end of the ejection)
 
 
 class HealthView:
-    def __init__(self, states: WorkspaceStates | None, clock: Clock, *, refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        states: WorkspaceStates | None,
+        clock: Clock,
+        *,
+        breakers: Breakers | None = None,
+        refresh_seconds: float = 0.5,
+    ) -> None:
         self._states = states
         self._clock = clock
+        self._breakers = breakers
         self._refresh_seconds = refresh_seconds
         self._known: dict[str, WorkspaceState] = {}
         self._read_at = float("-inf")
+        self._workspace_ids: list[str] = []
+        # workspace id -> the pools it is in, for the breaker's ejection cap (set by the runtime)
+        self.ejection_groups: Callable[[str], EjectionGroups] = lambda _workspace_id: ()
+
+    def track(self, workspace_ids: list[str]) -> None:
+        """The workspaces whose breakers `refresh` keeps fresh."""
+        self._workspace_ids = list(workspace_ids)
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Re-read the table if the cached copy is older than `refresh_seconds` (or always with `force`)."""
-        if self._states is None:
-            return
+        """Re-read both sources if the cached copy is older than `refresh_seconds` (or always with `force`)."""
         now = self._clock.monotonic()
-        if force or now - self._read_at >= self._refresh_seconds:
+        if not force and now - self._read_at < self._refresh_seconds:
+            return
+        self._read_at = now
+        if self._states is not None:
             self._known = {k: v for k, v in (await self._states.all()).items() if v.state != "active"}
-            self._read_at = now
+        if self._breakers is not None and self._workspace_ids:
+            try:
+                await self._breakers.states(self._workspace_ids, fresh=True)  # one MGET: the view is never older
+            except Exception as exc:  # Redis away: keep the last view; sends still ask `admit`
+                log.warning("health.refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
     def state(self, workspace_id: str) -> WorkspaceState | None:
-        """The workspace's trouble (broken or paused), or None when it is active."""
+        """The workspace's credential or quota trouble (the shared table), or None when it has none."""
         return self._known.get(workspace_id)
 
+    def breaker(self, workspace_id: str) -> BreakerState | None:
+        return self._breakers.cached(workspace_id) if self._breakers is not None else None
+
+    def health(self, workspace_id: str, now: datetime | None = None) -> WorkspaceHealth:
+        now = now or self._clock.now()
+        trouble = self._known.get(workspace_id)
+        if trouble is not None and trouble.recheck_at is not None and trouble.recheck_at > now:
+            return WorkspaceHealth(
+                workspace_id, _DB_STATES.get(trouble.state, "throttled"), trouble.reason, trouble.changed_at,
+                trouble.recheck_at,
+            )  # fmt: skip
+        breaker = self.breaker(workspace_id)
+        if breaker is None:
+            return WorkspaceHealth(workspace_id, "healthy")
+        since = _at(breaker.last_change) if breaker.last_change else None
+        if breaker.state == "open":
+            return WorkspaceHealth(workspace_id, "open", breaker.last_error, since, _at(breaker.open_until))
+        if breaker.state == "half_open":
+            return WorkspaceHealth(workspace_id, "half_open", breaker.last_error, since, _at(breaker.probe_until))
+        if breaker.consecutive > 0:
+            return WorkspaceHealth(workspace_id, "degraded", breaker.last_error, since)
+        return WorkspaceHealth(workspace_id, "healthy", None, since)
+
     def blocked_until(self, workspace_id: str, now: datetime | None = None) -> datetime | None:
-        """When a broken or paused workspace may be tried again, or None when it may take mail now."""
-        state = self._known.get(workspace_id)
-        if state is None or state.recheck_at is None:
+        """When a workspace that may not take mail now may be tried again, or None when it may take mail now.
+
+        Open: until its deadline (then the first send is the probe). Half-open with another process's probe
+        under way: until that probe's timeout. Auth-broken or throttled: until the recheck / reset.
+        """
+        now = now or self._clock.now()
+        trouble = self._known.get(workspace_id)
+        if trouble is not None and trouble.recheck_at is not None and trouble.recheck_at > now:
+            return trouble.recheck_at
+        breaker = self.breaker(workspace_id)
+        if breaker is None or breaker.state == "closed":
             return None
-        return state.recheck_at if state.recheck_at > (now or self._clock.now()) else None
+        stamp = now.timestamp()
+        if breaker.state == "open" and breaker.open_until is not None and breaker.open_until > stamp:
+            return _at(breaker.open_until)
+        if breaker.state == "half_open" and breaker.probe_until is not None and breaker.probe_until > stamp:
+            assert self._breakers is not None
+            if breaker.probe_owner != self._breakers.instance:
+                return _at(breaker.probe_until)
+        return None
 
     def available(self, workspace_id: str, now: datetime | None = None) -> bool:
         return self.blocked_until(workspace_id, now) is None
 
+    async def admit(self, workspace_id: str) -> bool:
+        """May this process send through `workspace_id` now (the breaker's verdict; True may mean "you hold the
+        half-open probe")? Fails open when the breaker store is away: health is advice, limits are the law."""
+        if self._breakers is None:
+            return True
+        try:
+            return await self._breakers.admit(workspace_id)
+        except Exception as exc:
+            log.warning("health.admit_failed", workspace_id=workspace_id, error=f"{type(exc).__name__}: {exc}")
+            return True
+
+    async def observe(self, workspace_id: str, outcome: Outcome, error: str) -> None:
+        """Feed a send's outcome to the breaker: answered (sent, or refused for the message's own reasons) is
+        success; a whole-message temporary failure (5xx, timeout, refused connection) is failure. Quota and
+        credential answers are capacity and auth states, not health; per-recipient trouble is the message's."""
+        if self._breakers is None:
+            return
+        try:
+            if outcome.kind in ("sent", "permanent"):
+                await self._breakers.success(workspace_id)
+            elif outcome.kind == "retry" and not outcome.rejected_recipients and not outcome.retry_recipients:
+                await self._breakers.failure(workspace_id, error, self.ejection_groups(workspace_id))
+        except Exception as exc:
+            log.warning("health.record_failed", workspace_id=workspace_id, error=f"{type(exc).__name__}: {exc}")
+
     def note(self, state: WorkspaceState) -> None:
-        """This process just changed a workspace's state: use it before the next read."""
+        """This process just changed a workspace's credential or quota state: use it before the next read."""
         if state.state == "active":
             self._known.pop(state.id, None)
         else:
             self._known[state.id] = state
+
+
+def _at(stamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(stamp, UTC) if stamp is not None else None

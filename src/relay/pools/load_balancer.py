@@ -43,7 +43,7 @@ class MemberReport:
     workspace_id: str
     weight: float
     enabled: bool
-    health: str  # active | broken | paused
+    health: str  # healthy | degraded | throttled | open | half_open | auth_broken
     blocked_until: datetime | None
     sender: str  # the sender as this workspace will present it
     remaining: int
@@ -54,6 +54,7 @@ class MemberReport:
     in_flight: int
     score: float | None = None
     excluded: str | None = None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +77,14 @@ class Snapshot:
         for m, who, capacity, c in zip(self.members, self.senders, self.capacities, self.candidates, strict=True):
             ws = m.workspace_id
             blocked_until = self.health.blocked_until(ws, self.now)
-            state = self.health.state(ws)
+            health = self.health.health(ws, self.now)
             out.append(
                 MemberReport(
                     workspace_id=ws,
                     weight=m.weight,
                     enabled=m.enabled,
-                    health=state.state if state is not None and blocked_until is not None else "active",
+                    health=health.state,
+                    last_error=health.last_error,
                     blocked_until=blocked_until,
                     sender=who,
                     remaining=capacity.effective_remaining,

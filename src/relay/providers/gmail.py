@@ -149,7 +149,7 @@ class GmailProvider:
         try:
             await self._token(subject, fresh=True)
         except _TokenRefusedError as refused:
-            return Health(False, refused.outcome.response)
+            return Health(False, refused.outcome.response, auth=refused.outcome.kind == "auth")
         except httpx.HTTPError as exc:
             return Health(False, f"token endpoint {self._key.token_uri}: {type(exc).__name__}: {exc}")
         return Health(True, f"token minted for {who}")

@@ -129,7 +129,11 @@ class MailgunProvider:
                 404: f"domain not found (is it in the {self._settings.region.upper()} region?)",
             }.get(response.status_code, "")
             detail = "; ".join(filter(None, [hint, self._reason(response)]))
-            return Health(False, f"domain {self.domain}: HTTP {response.status_code} {detail}".rstrip())
+            return Health(
+                False,
+                f"domain {self.domain}: HTTP {response.status_code} {detail}".rstrip(),
+                auth=response.status_code in (401, 403),
+            )
         body = _json(response)
         domain = body.get("domain") if isinstance(body, dict) else None
         state = domain.get("state") if isinstance(domain, dict) else None

@@ -180,7 +180,8 @@ class MandrillProvider:
         """`users/ping2`: proves the key works, sends nothing."""
         answer = await self._post("/users/ping2.json", {"key": self._key})
         if isinstance(answer, Outcome):
-            return Health(False, f"{answer.status} {answer.response}".strip() if answer.status else answer.response)
+            detail = f"{answer.status} {answer.response}".strip() if answer.status else answer.response
+            return Health(False, detail, auth=answer.kind == "auth")
         if isinstance(answer, dict) and answer.get("PING") == "PONG!":
             return Health(True, "users/ping2: PONG!")
         return Health(False, self._clip(f"users/ping2: unexpected answer {answer!r}"))

@@ -39,6 +39,10 @@ class SandboxProvider:
         return Outcome("sent", status="250", response="written to the sandbox outbox", provider_message_id=message.id)
 
     async def check(self) -> Health:
+        if self._settings.check_fail_with is not None:  # tests and demos: a check that fails as configured
+            code, _, text = self._settings.check_fail_with.partition(" ")
+            kind = classify_reply(int(code), text)
+            return Health(False, self._settings.check_fail_with, auth=kind == "auth")
         try:
             self._outbox.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -65,7 +65,9 @@ class SmtpProvider:
         try:
             client = await self._connect()
         except (aiosmtplib.SMTPException, OSError) as exc:
-            return Health(False, _exception_outcome(exc).response)
+            outcome = _exception_outcome(exc)
+            detail = f"{outcome.status} {outcome.response}".strip() if outcome.status else outcome.response
+            return Health(False, detail, auth=outcome.kind == "auth")
         with contextlib.suppress(aiosmtplib.SMTPException, OSError):
             await client.quit()
         return Health(True, "connected" + (" and authenticated" if self._settings.username else ""))

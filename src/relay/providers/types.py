@@ -46,5 +46,9 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """An active check's answer. `auth`: the failure is refused credentials (the workspace is auth-broken,
+    not merely unreachable)."""
+
     ok: bool
     detail: str = ""
+    auth: bool = False
