@@ -244,7 +244,9 @@ class Relay:
         return changed
 
     async def _retire(self, providers: list[Provider]) -> None:
-        await asyncio.sleep(self.settings.delivery.send_timeout_seconds)
+        # Sends pick the current provider right before sending, so the last one on a retired client started before
+        # the swap and ends within the send timeout.
+        await asyncio.sleep(self.settings.delivery.send_timeout_seconds + 5.0)
         for provider in providers:
             self._retired.remove(provider)
             with contextlib.suppress(Exception):

@@ -46,14 +46,45 @@ async def test_failed_sends_open_the_breaker_and_the_view_says_until_when() -> N
     assert health.state == "open" and health.last_error == "refused"
     assert health.until == w.clock.now() + timedelta(seconds=30)
     assert w.health.blocked_until("a") == health.until
-    assert not await w.health.admit("a")
+    assert await w.health.admit("a") == (False, None)
     w.clock.advance(30)
-    assert await w.health.admit("a")  # the probe is ours
+    admitted, probe = await w.health.admit("a")
+    assert admitted and probe is not None  # this send is the probe
     assert w.health.health("a").state == "half_open"
-    assert w.health.blocked_until("a") is None  # we hold the probe: our decision may pick it
+    # While the probe is out nobody else sends, and they look again in 2 s rather than at the probe's timeout.
+    assert w.health.blocked_until("a") == w.clock.now() + timedelta(seconds=2)
+    assert await w.health.admit("a") == (False, None)
+    await w.health.observe("a", Outcome("sent", status="250"), "", probe)
+    assert w.health.health("a").state == "healthy"
 
 
-async def test_another_process_probing_blocks_this_one_until_the_probe_times_out() -> None:
+async def test_a_late_answer_of_a_send_admitted_before_the_opening_is_not_the_probes() -> None:
+    w = World()
+    for _ in range(2):
+        await w.health.observe("a", RETRY, "refused")
+    w.clock.advance(30)
+    _, probe = await w.health.admit("a")
+    await w.health.observe("a", RETRY, "late timeout of an old send")  # no probe token: changes nothing
+    assert w.health.health("a").state == "half_open"
+    await w.health.observe("a", Outcome("sent", status="250"), "")  # nor does a late success close it
+    assert w.health.health("a").state == "half_open"
+    await w.health.observe("a", RETRY, "the probe failed", probe)
+    state = w.health.health("a")
+    assert state.state == "open" and state.until == w.clock.now() + timedelta(seconds=60)  # k + 1: twice as long
+
+
+async def test_a_probe_whose_answer_says_nothing_about_health_is_given_back() -> None:
+    w = World()
+    for _ in range(2):
+        await w.health.observe("a", RETRY, "refused")
+    w.clock.advance(30)
+    _, probe = await w.health.admit("a")
+    await w.health.observe("a", Outcome("quota", status="429"), "429", probe)
+    admitted, again = await w.health.admit("a")  # the next send may probe at once
+    assert admitted and again is not None and again != probe
+
+
+async def test_another_process_probing_blocks_this_one_briefly() -> None:
     w = World()
     other = Breakers(w.store, FAST, w.clock, "other", cache_seconds=0.0)
     for _ in range(2):
@@ -62,8 +93,8 @@ async def test_another_process_probing_blocks_this_one_until_the_probe_times_out
     assert await other.admit("a")  # the other process takes the probe
     await w.health.refresh(force=True)
     assert w.health.health("a").state == "half_open"
-    assert w.health.blocked_until("a") is not None
-    assert not await w.health.admit("a")
+    assert w.health.blocked_until("a") == w.clock.now() + timedelta(seconds=2)
+    assert await w.health.admit("a") == (False, None)
 
 
 @pytest.mark.parametrize(
@@ -153,9 +184,13 @@ async def test_a_passing_check_readmits_an_ejected_workspace_and_clears_auth_bro
     checks = checker(w)
     checks.check_soon("a")
     await checks.wait_idle()
-    assert w.health.health("a").state == "healthy"
-    assert await w.health.admit("a")
+    # Credentials cleared at once; the ejection ends now, and the next send is the probe that closes it.
     assert (await WorkspaceStates(db, w.clock).all())["a"].state == "active"
+    assert w.health.available("a")
+    admitted, probe = await w.health.admit("a")
+    assert admitted and probe is not None
+    await w.health.observe("a", Outcome("sent", status="250"), "", probe)
+    assert w.health.health("a").state == "healthy"
 
 
 async def test_an_unreachable_check_counts_as_a_failure(db: Database) -> None:
@@ -178,7 +213,7 @@ async def test_checks_come_due_on_the_injectable_clock(db: Database) -> None:
     assert w.health.health("a").state == "auth_broken"
 
 
-async def test_a_passing_check_closes_a_breaker_another_process_opened_after_our_last_read(db: Database) -> None:
+async def test_a_passing_check_ends_an_ejection_another_process_started_after_our_last_read(db: Database) -> None:
     w = World(db)
     await w.health.refresh(force=True)  # our view: closed
     other = Breakers(w.store, FAST, w.clock, "other", cache_seconds=0.0)
@@ -187,7 +222,8 @@ async def test_a_passing_check_closes_a_breaker_another_process_opened_after_our
     checks = checker(w)
     checks.check_soon("a")
     await checks.wait_idle()
-    assert (await other.states(["a"], fresh=True))["a"].state == "closed"
+    state = (await other.states(["a"], fresh=True))["a"]
+    assert state.state == "open" and state.open_until == w.clock.now().timestamp()  # the probe may go now
 
 
 class SlowCheck:

@@ -32,6 +32,7 @@ class Admission:
     wait: float = 0.0  # when refused: seconds until the message should be tried again
     reason: str = ""
     never: bool = False  # refused for good: this send can never fit the limit (cost above it, or a limit of 0)
+    probe: str | None = None  # this send is the workspace's half-open probe (its breaker token)
 
 
 class CapacityGate:
@@ -63,6 +64,15 @@ class CapacityGate:
             wait=max(reservation.retry_after, 0.001),
             reason=f"limit {reservation.denied_by} reached; capacity returns in {reservation.retry_after:.0f} s",
         )
+
+    async def release(self, admission: Admission) -> None:
+        """Give back a reservation whose send will not happen (the breaker refused it after the reservation)."""
+        if admission.token is None:
+            return
+        try:
+            await self._backend.release(admission.token)
+        except Exception as exc:  # the count stays: conservative
+            log.warning("limits.release_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def settle(self, admission: Admission, outcome: Outcome, provider_kind: str) -> None:
         """Keep the reservation unless the provider certainly did not take the message."""

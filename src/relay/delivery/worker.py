@@ -281,15 +281,23 @@ class DeliveryWorker:
         return None
 
     async def admit(self, workspace_id: str, sender: str, recipients: int) -> Admission | None:
-        """The workspace's circuit breaker first (an open one takes nothing; a half-open one one probe), then
-        the capacity reservation."""
-        if not await self.health.admit(workspace_id):
+        """The capacity reservation, then the workspace's circuit breaker (an open one takes nothing, a half-open
+        one one probe). A breaker refusal gives the reservation back; a probe rides on the admission."""
+        admission = await self._gate.admit(workspace_id, sender, recipients) if self._gate else None
+        if admission is not None and not admission.ok:
+            return admission
+        admitted, probe = await self.health.admit(workspace_id)
+        if not admitted:
+            if admission is not None and self._gate is not None:
+                await self._gate.release(admission)
             until = self.health.blocked_until(workspace_id)
             wait = (until - self._clock.now()).total_seconds() if until is not None else self._poll_interval
             return Admission(
                 False, wait=max(wait, self._poll_interval), reason=f'workspace "{workspace_id}" is ejected'
             )
-        return await self._gate.admit(workspace_id, sender, recipients) if self._gate else None
+        if probe is None:
+            return admission
+        return Admission(True, token=admission.token if admission else None, probe=probe)
 
     async def send(
         self,
@@ -302,15 +310,23 @@ class DeliveryWorker:
         evidence: dict[str, Any] | None = None,
     ) -> tuple[AttemptRecord, Outcome]:
         """One send of `message` through `workspace_id`, its reservation settled, its state updated."""
-        data = rewrite_headers(
-            remove_fields(message.raw, PRIVATE_HEADERS, PRIVATE_PREFIXES),
-            self._header_rewrites.get(workspace_id, ()),
-        )
-        if sent_as != message.mail_from:
-            data = present_sender(data, message.mail_from, sent_as)
-        outbound = OutboundMessage(id=message.id, mail_from=sent_as, recipients=recipients, data=data)
+        # A reload may have rebuilt the provider (new credentials) while this send waited for its slot: use the
+        # current one, so no send starts on a client that is about to be closed.
+        provider = self._providers.get(workspace_id, provider)
         started = self._clock.now()
-        outcome = await self._send(provider, outbound)
+        probe = admission.probe if admission is not None else None
+        try:
+            data = rewrite_headers(
+                remove_fields(message.raw, PRIVATE_HEADERS, PRIVATE_PREFIXES),
+                self._header_rewrites.get(workspace_id, ()),
+            )
+            if sent_as != message.mail_from:
+                data = present_sender(data, message.mail_from, sent_as)
+            outbound = OutboundMessage(id=message.id, mail_from=sent_as, recipients=recipients, data=data)
+            outcome = await self._send(provider, outbound)
+        except BaseException:  # a bug before the send, or cancelled at shutdown: the probe was not answered
+            await self.health.release(workspace_id, probe)
+            raise
         if admission is not None and self._gate is not None:
             await self._gate.settle(admission, outcome, provider.kind)
         finished = self._clock.now()
@@ -331,7 +347,7 @@ class DeliveryWorker:
             sent_as=sent_as if sent_as != message.mail_from else None,
         )
         self._recorder.note(workspace_id, outcome, finished)  # in memory now; written after the attempt is recorded
-        await self.health.observe(workspace_id, outcome, summary(outcome))  # never raises
+        await self.health.observe(workspace_id, outcome, summary(outcome), probe)  # never raises
         return attempt, outcome
 
     async def finish(

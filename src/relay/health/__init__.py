@@ -17,6 +17,7 @@ from .breaker import (
     record_failure,
     record_recovery,
     record_success,
+    release_probe,
     try_admit,
 )
 from .store import (
@@ -50,6 +51,7 @@ __all__ = [
     "record_failure",
     "record_recovery",
     "record_success",
+    "release_probe",
     "try_admit",
 ]
 

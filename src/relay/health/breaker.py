@@ -236,20 +236,20 @@ def record_success(
 
 
 def record_recovery(state: BreakerState, settings: BreakerSettings, now: float) -> BreakerState:
-    """An active health check succeeded: an open or half-open breaker closes at once (Envoy: a passing active
-    check un-ejects the host), keeping `k` so a relapse is ejected for longer. Closed: unchanged."""
-    if state.state == "closed":
-        return current(state, settings, now)
-    return replace(
-        state,
-        state="closed",
-        consecutive=0,
-        window=(),
-        probe_owner=None,
-        probe_until=None,
-        last_change=now,
-        healthy_since=now,
-    )
+    """An active health check passed. An open breaker becomes eligible for its probe now (`open_until` = now)
+    instead of closing outright: the checks are read-only (a token, a domain read, EHLO/AUTH) and can pass while
+    sends fail, so the next real send decides, and a relapse still doubles the ejection. Otherwise unchanged."""
+    if state.state == "open" and state.open_until is not None and state.open_until > now:
+        return replace(state, open_until=now)
+    return current(state, settings, now) if state.state == "closed" else state
+
+
+def release_probe(state: BreakerState, instance: str) -> BreakerState:
+    """The probe taken by `instance` was not sent (its reservation was refused, the process is stopping) or its
+    answer says nothing about health (a quota, a recipient's refusal): the next caller may probe at once."""
+    if state.state == "half_open" and state.probe_owner == instance:
+        return replace(state, probe_owner=None, probe_until=None)
+    return state
 
 
 def record_failure(

@@ -33,6 +33,7 @@ from .breaker import (
     record_failure,
     record_recovery,
     record_success,
+    release_probe,
     try_admit,
 )
 
@@ -271,6 +272,7 @@ class Breakers:
         self._instance = instance
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[BreakerState, float]] = {}
+        self._probes = 0
         self.on_change = on_change
 
     @property
@@ -306,22 +308,64 @@ class Breakers:
         settings = self._settings_for(workspace_id)
         return await self._apply(workspace_id, lambda s: try_admit(s, settings, now, self._instance))
 
-    async def success(self, workspace_id: str) -> None:
+    async def admit_send(self, workspace_id: str) -> tuple[bool, str | None]:
+        """`admit` for one send: (admitted, probe token). The token is set when this send is the half-open probe;
+        only a result reported with it (`success`/`failure(probe=token)`) closes or reopens the breaker, so a late
+        answer of a send admitted before the opening can never pass for the probe's."""
+        now = self._now()
+        state = self._cached(workspace_id)
+        if state is None:
+            state = (await self._fetch([workspace_id]))[workspace_id]
+        if state.state == "closed":
+            return True, None
+        if state.state == "open" and state.open_until is not None and now < state.open_until:
+            return False, None
+        self._probes += 1
+        token = f"{self._instance}#{self._probes}"
+        settings = self._settings_for(workspace_id)
+        admitted = await self._apply(workspace_id, lambda s: try_admit(s, settings, now, token))
+        held = self.cached(workspace_id)
+        return admitted, token if admitted and held is not None and held.probe_owner == token else None
+
+    async def release_probe(self, workspace_id: str, token: str) -> None:
+        """Give the probe back unused (see `release_probe`)."""
+        await self._apply(workspace_id, lambda s: (None, release_probe(s, token)))
+
+    def quiet_success(self, workspace_id: str) -> bool:
+        """Whether a success need not be written: the breaker was closed with no failure anywhere in its window
+        when last read (at most `cache_seconds` ago). Skipping those writes keeps Redis out of the healthy
+        steady state; the failure-rate rule then counts only the successes since the first failure in a window,
+        which can only make it open sooner, never later."""
+        state = self._cached(workspace_id)
+        return (
+            state is not None
+            and state.state == "closed"
+            and state.consecutive == 0
+            and all(failures == 0 for _, _, failures in state.window)
+        )
+
+    async def success(self, workspace_id: str, *, probe: str | None = None) -> None:
+        """A send succeeded. `probe`: the token from `admit_send` ("" for a send that was not the probe); without
+        it, results are attributed to this instance."""
         now = self._now()
         settings = self._settings_for(workspace_id)
-        await self._apply(workspace_id, lambda s: (None, record_success(s, settings, now, instance=self._instance)))
+        who = self._instance if probe is None else probe
+        await self._apply(workspace_id, lambda s: (None, record_success(s, settings, now, instance=who)))
 
-    async def failure(self, workspace_id: str, error: str, may_eject: bool | EjectionGroups = True) -> None:
+    async def failure(
+        self, workspace_id: str, error: str, may_eject: bool | EjectionGroups = True, *, probe: str | None = None
+    ) -> None:
         """A failure that is the workspace's. `may_eject`: a verdict, or the pools the workspace is in as
         (other members, pool size, max_ejection_percent) — then the cap is evaluated on the other members' states
         read in the same transaction, so two processes cannot eject past it together."""
         now = self._now()
         settings = self._settings_for(workspace_id)
+        who = self._instance if probe is None else probe
         if isinstance(may_eject, bool):
             verdict = may_eject
             await self._apply(
                 workspace_id,
-                lambda s: (None, record_failure(s, settings, now, error, verdict, instance=self._instance)),
+                lambda s: (None, record_failure(s, settings, now, error, verdict, instance=who)),
             )
             return
         groups = list(may_eject)
@@ -332,7 +376,7 @@ class Breakers:
                 eject_allowed(size, sum(1 for ws in others if peer_states[ws].state != "closed"), percent)
                 for others, size, percent in groups
             )
-            return None, record_failure(s, settings, now, error, allowed, instance=self._instance)
+            return None, record_failure(s, settings, now, error, allowed, instance=who)
 
         await self._apply(workspace_id, step, peers)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import structlog
@@ -29,6 +29,8 @@ log = structlog.get_logger(__name__)
 
 HealthState = Literal["healthy", "degraded", "throttled", "open", "half_open", "auth_broken"]
 
+_STORE_BACKOFF_SECONDS = 5.0
+_PROBE_WAIT_SECONDS = 2.0
 _DB_STATES: dict[str, HealthState] = {"broken": "auth_broken", "paused": "throttled"}
 
 
@@ -57,6 +59,7 @@ class HealthView:
         self._known: dict[str, WorkspaceState] = {}
         self._read_at = float("-inf")
         self._workspace_ids: list[str] = []
+        self._down_until = float("-inf")
         # workspace id -> the pools it is in, for the breaker's ejection cap (set by the runtime)
         self.ejection_groups: Callable[[str], EjectionGroups] = lambda _workspace_id: ()
 
@@ -72,11 +75,11 @@ class HealthView:
         self._read_at = now
         if self._states is not None:
             self._known = {k: v for k, v in (await self._states.all()).items() if v.state != "active"}
-        if self._breakers is not None and self._workspace_ids:
+        if self._breakers is not None and self._workspace_ids and not self._store_down():
             try:
                 await self._breakers.states(self._workspace_ids, fresh=True)  # one MGET: the view is never older
-            except Exception as exc:  # Redis away: keep the last view; sends still ask `admit`
-                log.warning("health.refresh_failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # Redis away: keep the last view
+                self._store_failed("health.refresh_failed", "*", exc)
 
     def state(self, workspace_id: str) -> WorkspaceState | None:
         """The workspace's credential or quota trouble (the shared table), or None when it has none."""
@@ -122,38 +125,64 @@ class HealthView:
         if breaker.state == "open" and breaker.open_until is not None and breaker.open_until > stamp:
             return _at(breaker.open_until)
         if breaker.state == "half_open" and breaker.probe_until is not None and breaker.probe_until > stamp:
-            assert self._breakers is not None
-            if breaker.probe_owner != self._breakers.instance:
-                return _at(breaker.probe_until)
+            # A probe is out (ours or another process's): look again soon rather than at its timeout, since a
+            # successful probe usually closes the breaker within a second.
+            return min(_at(breaker.probe_until) or now, now + timedelta(seconds=_PROBE_WAIT_SECONDS))
         return None
 
     def available(self, workspace_id: str, now: datetime | None = None) -> bool:
         return self.blocked_until(workspace_id, now) is None
 
-    async def admit(self, workspace_id: str) -> bool:
-        """May this process send through `workspace_id` now (the breaker's verdict; True may mean "you hold the
-        half-open probe")? Fails open when the breaker store is away: health is advice, limits are the law."""
-        if self._breakers is None:
-            return True
+    async def admit(self, workspace_id: str) -> tuple[bool, str | None]:
+        """May this process send through `workspace_id` now (the breaker's verdict), and the probe token when
+        this send is the half-open probe. Fails open while the breaker store is away: health is advice, the rate
+        limits are the law."""
+        if self._breakers is None or self._store_down():
+            return True, None
         try:
-            return await self._breakers.admit(workspace_id)
+            return await self._breakers.admit_send(workspace_id)
         except Exception as exc:
-            log.warning("health.admit_failed", workspace_id=workspace_id, error=f"{type(exc).__name__}: {exc}")
-            return True
+            self._store_failed("health.admit_failed", workspace_id, exc)
+            return True, None
 
-    async def observe(self, workspace_id: str, outcome: Outcome, error: str) -> None:
-        """Feed a send's outcome to the breaker: answered (sent, or refused for the message's own reasons) is
-        success; a whole-message temporary failure (5xx, timeout, refused connection) is failure. Quota and
-        credential answers are capacity and auth states, not health; per-recipient trouble is the message's."""
-        if self._breakers is None:
+    async def release(self, workspace_id: str, probe: str | None) -> None:
+        """The send admitted with `probe` did not happen: let the next caller probe."""
+        if probe is None or self._breakers is None or self._store_down():
             return
         try:
-            if outcome.kind in ("sent", "permanent"):
-                await self._breakers.success(workspace_id)
-            elif outcome.kind == "retry" and not outcome.rejected_recipients and not outcome.retry_recipients:
-                await self._breakers.failure(workspace_id, error, self.ejection_groups(workspace_id))
+            await self._breakers.release_probe(workspace_id, probe)
         except Exception as exc:
-            log.warning("health.record_failed", workspace_id=workspace_id, error=f"{type(exc).__name__}: {exc}")
+            self._store_failed("health.release_failed", workspace_id, exc)
+
+    async def observe(self, workspace_id: str, outcome: Outcome, error: str, probe: str | None = None) -> None:
+        """Feed a send's outcome to the breaker: answered (sent, or refused for the message's own reasons) is
+        success; a whole-message temporary failure (5xx, timeout, refused connection) is failure. Quota and
+        credential answers are capacity and auth states, not health, and per-recipient trouble is the message's:
+        if such a send was the probe, the probe is given back. Never raises."""
+        breakers = self._breakers
+        if breakers is None or self._store_down():
+            return
+        who = probe or ""  # "" never owns a probe: only the probe's own result may close or reopen
+        try:
+            if outcome.kind in ("sent", "permanent"):
+                if probe is None and breakers.quiet_success(workspace_id):
+                    return
+                await breakers.success(workspace_id, probe=who)
+            elif outcome.kind == "retry" and not outcome.rejected_recipients and not outcome.retry_recipients:
+                await breakers.failure(workspace_id, error, self.ejection_groups(workspace_id), probe=who)
+            elif probe is not None:
+                await breakers.release_probe(workspace_id, probe)
+        except Exception as exc:
+            self._store_failed("health.record_failed", workspace_id, exc)
+
+    def _store_down(self) -> bool:
+        return self._clock.monotonic() < self._down_until
+
+    def _store_failed(self, event: str, workspace_id: str, exc: Exception) -> None:
+        """Log once, then leave the store alone for a few seconds: a blackholed Redis must not add its timeout
+        to every send."""
+        self._down_until = self._clock.monotonic() + _STORE_BACKOFF_SECONDS
+        log.warning(event, workspace_id=workspace_id, error=f"{type(exc).__name__}: {exc}")
 
     def note(self, state: WorkspaceState) -> None:
         """This process just changed a workspace's credential or quota state: use it before the next read."""

@@ -122,6 +122,10 @@ class MailgunProvider:
             response = await self._client.get(self._domain_url, auth=self._auth)
         except httpx.HTTPError as exc:
             return Health(False, self._scrub(f"{self.base_url}: {_describe(exc)}"))
+        if response.status_code == 403:
+            # A domain sending key may send but not read its domain: the API answered and knew the key, which is
+            # all a health check can learn without sending. Not proof of broken credentials.
+            return Health(True, f"domain {self.domain}: the key may not read the domain (a sending key?); reachable")
         if response.status_code != 200:
             hint = {
                 401: "the API key was refused",
@@ -132,7 +136,7 @@ class MailgunProvider:
             return Health(
                 False,
                 f"domain {self.domain}: HTTP {response.status_code} {detail}".rstrip(),
-                auth=response.status_code in (401, 403),
+                auth=response.status_code == 401,
             )
         body = _json(response)
         domain = body.get("domain") if isinstance(body, dict) else None
