@@ -19,11 +19,12 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from relay.clock import Clock
 from relay.errors import RelayError
+from relay.redis_client import redis_client
 
 from .breaker import (
     BreakerSettings,
@@ -145,19 +146,7 @@ class RedisBreakerStore:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if isinstance(redis, str):
-            pool = BlockingConnectionPool.from_url(
-                redis,
-                max_connections=max_connections,
-                timeout=timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-            self._client = Redis.from_pool(pool)
-            self._owned = True
-        else:
-            self._client = redis
-            self._owned = False
+        self._client, self._owned = redis_client(redis, timeout=timeout, max_connections=max_connections)
         self._prefix = prefix
         self._max_attempts = max_attempts
         self._rng = rng or random.Random()

@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.clock import Clock, SystemClock
+from relay.redis_client import redis_client
 
 from .errors import LimitsUnavailableError
 from .tokens import Hold, decode, encode
@@ -72,21 +73,9 @@ class RedisLimits:
         max_connections: int = 50,
     ) -> None:
         _check_prefix(key_prefix)
-        if isinstance(redis, str):
-            # A blocking pool: a burst of concurrent reservations waits (up to `timeout`) for a connection
-            # instead of failing with "too many connections" and closing the gate for no reason.
-            pool = BlockingConnectionPool.from_url(
-                redis,
-                max_connections=max_connections,
-                timeout=timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-            self._client = Redis.from_pool(pool)
-            self._owned = True
-        else:
-            self._client = redis
-            self._owned = False
+        # A blocking pool: a burst of concurrent reservations waits for a connection instead of failing with "too
+        # many connections" and closing the gate for no reason.
+        self._client, self._owned = redis_client(redis, timeout=timeout, max_connections=max_connections)
         self._prefix = key_prefix
         self._clock: Clock = clock or SystemClock()
         self._script = self._client.register_script(_SCRIPT)
