@@ -15,8 +15,9 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
-from .api import create_app
+from .api import ApiKeys, ApiServices, create_app
 from .clock import Clock, SystemClock
 from .config import HealthSettings, Settings, SmtpSettings
 from .config.reload import header_rewrites, restart_required
@@ -340,7 +341,7 @@ class Relay:
 
     async def _start_http(self) -> None:
         config = uvicorn.Config(
-            create_app(self.readiness),
+            self.api_app(),
             host=self.settings.http.host,
             port=self.settings.http.port,
             log_config=None,
@@ -354,6 +355,18 @@ class Relay:
                 self._tasks[-1].result()  # raises the reason, e.g. the port is taken
                 raise OSError(f"HTTP server on port {self.settings.http.port} did not start")
             await asyncio.sleep(0.01)
+
+    def api_app(self) -> FastAPI:
+        """The HTTP app with the `/api/v1` routers over this process's parts."""
+        services = ApiServices(
+            balancer=self.balancer,
+            selections=self.selections,
+            capacity_report=self.capacity_report,
+            settings=lambda: self.settings,
+            clock=self.clock,
+        )
+        keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
+        return create_app(self.readiness, services, keys)
 
     async def readiness(self) -> str | None:
         try:

@@ -1,4 +1,4 @@
-"""The HTTP app. This stage serves the orchestrator probes; the `/api/v1` routers come later."""
+"""The HTTP app: orchestrator probes, and the `/api/v1` routers when the runtime hands in its services."""
 
 from __future__ import annotations
 
@@ -7,22 +7,35 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from .auth import ApiKeys
+from .errors import install_error_handlers
+from .pools import pools_router
+from .services import ApiServices
+
 __all__ = ["create_app"]
 
 
-def create_app(readiness: Callable[[], Awaitable[str | None]]) -> FastAPI:
-    """`readiness()` returns None when ready, else the reason it is not."""
-    app = FastAPI(title="Relay", version="0.1.0")
+def create_app(
+    readiness: Callable[[], Awaitable[str | None]],
+    services: ApiServices | None = None,
+    keys: ApiKeys | None = None,
+) -> FastAPI:
+    """`readiness()` returns None when ready, else the reason it is not. OpenAPI at `/openapi.json`, docs at
+    `/docs`."""
+    app = FastAPI(title="Relay", version="0.1.0", description="SMTP relay with load-balanced provider workspaces.")
+    install_error_handlers(app)
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["probes"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["probes"])
     async def readyz() -> JSONResponse:
         problem = await readiness()
         if problem is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
 
+    if services is not None:
+        app.include_router(pools_router(services, keys or ApiKeys(())))
     return app

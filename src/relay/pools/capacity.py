@@ -26,14 +26,15 @@ class CapacityView:
         self._ttl = ttl
         self._cache: dict[tuple[str, str], tuple[float, Capacity]] = {}
 
-    async def read(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Capacity]:
-        """Capacity of each (workspace id, sender) pair; the stale or missing ones in one `usage` call."""
+    async def read(self, pairs: Sequence[tuple[str, str]], *, fresh: bool = False) -> dict[tuple[str, str], Capacity]:
+        """Capacity of each (workspace id, sender) pair; the stale or missing ones (all with `fresh`) in one
+        `usage` call."""
         now = self._clock.monotonic()
         found: dict[tuple[str, str], Capacity] = {}
         missing: list[tuple[tuple[str, str], Sequence[Limit]]] = []
         for pair in pairs:
             cached = self._cache.get(pair)
-            if cached is not None and now - cached[0] < self._ttl:
+            if not fresh and cached is not None and now - cached[0] < self._ttl:
                 found[pair] = cached[1]
             else:
                 missing.append((pair, self._policy(pair[0], pair[1], 1)[0]))

@@ -289,13 +289,19 @@ class LoadBalancer:
         )
 
     async def _snapshot(
-        self, pool: PoolView, sender: str, exclude: Collection[str], refused: Collection[str] = ()
+        self,
+        pool: PoolView,
+        sender: str,
+        exclude: Collection[str],
+        refused: Collection[str] = (),
+        *,
+        fresh: bool = False,
     ) -> Snapshot:
         rewriting = self._catalog.rewriting
         members = list(pool.members)
         senders = [self.presented(m.workspace_id, sender) if m.workspace_id in rewriting else sender for m in members]
         pairs = [(m.workspace_id, who) for m, who in zip(members, senders, strict=True)]
-        found = await self._capacity.read(pairs)
+        found = await self._capacity.read(pairs, fresh=fresh)
         capacities = [found[pair] for pair in pairs]
         now = self._clock.now()
         blocked = self._health.blocked_until
@@ -374,7 +380,7 @@ class LoadBalancer:
         if pool is None:
             return None
         who = sender or "(any sender)"
-        snapshot = await self._snapshot(pool, who, ())
+        snapshot = await self._snapshot(pool, who, (), fresh=True)  # a status is read rarely: the counters now
         kept, _ = eligible(snapshot.candidates)
         return PoolStatus(
             pool_id=pool.id,

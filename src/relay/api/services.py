@@ -1,0 +1,25 @@
+"""What the API reads and drives, handed in by the runtime (the API never builds its own parts)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..clock import Clock
+from ..config import Settings
+from ..limits import Limit, Usage
+from ..pools import LoadBalancer
+from ..store import SelectionLog
+
+__all__ = ["ApiServices"]
+
+CapacityReport = Callable[[str | None, str | None], Awaitable[list[tuple[str, Limit, Usage]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServices:
+    balancer: LoadBalancer
+    selections: SelectionLog
+    capacity_report: CapacityReport
+    settings: Callable[[], Settings]
+    clock: Clock
