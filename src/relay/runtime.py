@@ -29,7 +29,17 @@ from .pools import CapacityView, HealthChecker, HealthView, LoadBalancer, PoolCa
 from .providers import Outcome, Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
-from .store import CountedSend, Database, Ingest, MessageQueue, Messages, PoolTables, SelectionLog, WorkspaceStates
+from .store import (
+    AuditLog,
+    CountedSend,
+    Database,
+    Ingest,
+    MessageQueue,
+    Messages,
+    PoolTables,
+    SelectionLog,
+    WorkspaceStates,
+)
 
 __all__ = ["Relay"]
 
@@ -66,7 +76,8 @@ class Relay:
         self._header_rewrites = header_rewrites(settings)
         self._retired: list[Provider] = []  # replaced by a reload, closed once their sends are done
         self.router = Router(settings, pools=())
-        self.pools = PoolCatalog(settings, PoolTables(self.db, self.clock), self.router)
+        self.pool_tables = PoolTables(self.db, self.clock)
+        self.pools = PoolCatalog(settings, self.pool_tables, self.router)
         breaker_store: BreakerStore = (
             RedisBreakerStore(settings.redis_url) if settings.redis_url else MemoryBreakerStore()
         )
@@ -364,6 +375,9 @@ class Relay:
             capacity_report=self.capacity_report,
             settings=lambda: self.settings,
             clock=self.clock,
+            pool_tables=self.pool_tables,
+            refresh_pools=self.pools.refresh,
+            audit=AuditLog(self.db),
         )
         keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
         return create_app(self.readiness, services, keys)

@@ -55,6 +55,7 @@ async def test_the_migration_creates_the_prd_tables(db: Database) -> None:
         "max_failover_attempts",
         "created_at",
         "updated_at",
+        "managed_by",  # 0004: the file or the API owns the pool
     ]
     assert [n for n, c in pools.items() if c["nullable"]] == ["max_failover_attempts"]
     members = await columns(db, "pool_workspaces")
@@ -220,3 +221,22 @@ async def test_selection_table_is_separate_from_pools(db: Database) -> None:
         assert (
             await connection.execute(sa.select(sa.func.count()).select_from(load_balancing_selections))
         ).scalar() == 1
+
+
+async def test_api_saves_are_audited_and_kept_from_the_file(db: Database) -> None:
+    from relay.store import AuditLog, pool_document
+
+    tables = PoolTables(db, ManualClock())
+    await tables.sync_file([pool("p1", member("a")), pool("p2", member("b"))])
+    changed = pool("p1", member("a", 4.0))
+    await tables.save(changed, actor="ops", action="update", before=pool_document(pool("p1", member("a"))))
+    ignored = await tables.sync_file([pool("p1", member("a", 9.0)), pool("p2", member("b", 2.0))])
+    assert ignored == ["p1"]
+    rows = {p.id: p.members for p in await tables.load()}
+    assert rows == {"p1": (member("a", 4.0),), "p2": (member("b", 2.0),)}
+    [entry] = await AuditLog(db).entries(target_id="p1")
+    assert (entry.actor, entry.action, entry.target_type) == ("ops", "update", "pool")
+    assert entry.before is not None and entry.before["workspaces"][0]["weight"] == 1.0
+    assert entry.after is not None and entry.after["workspaces"][0]["weight"] == 4.0
+    assert await tables.remove("p1", actor="ops", before=pool_document(changed))
+    assert [e.action for e in await AuditLog(db).entries(target_id="p1")] == ["delete", "update"]

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from .auth import ApiKeys
 from .errors import install_error_handlers
+from .pool_writes import pool_writes_router
 from .pools import pools_router
 from .services import ApiServices
 
@@ -37,5 +38,7 @@ def create_app(
         return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
 
     if services is not None:
-        app.include_router(pools_router(services, keys or ApiKeys(())))
+        keys = keys or ApiKeys(())
+        app.include_router(pools_router(services, keys))
+        app.include_router(pool_writes_router(services, keys))
     return app

@@ -116,7 +116,7 @@ class CapacityOut(BaseModel):
     full_reset_in_seconds: float
 
 
-def _pool_out(view: PoolView) -> PoolOut:
+def pool_out(view: PoolView) -> PoolOut:
     return PoolOut(
         id=view.id,
         name=view.name,
@@ -191,11 +191,11 @@ def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
     @router.get("/pools", tags=["pools"])
     async def list_pools(_caller: Viewer) -> list[PoolOut]:
-        return [_pool_out(v) for v in sorted(services.balancer.catalog.pools.values(), key=lambda v: v.id)]
+        return [pool_out(v) for v in sorted(services.balancer.catalog.pools.values(), key=lambda v: v.id)]
 
     @router.get("/pools/{pool_id}", tags=["pools"])
     async def get_pool(pool_id: str, response: Response, _caller: Viewer) -> PoolOut:
-        body = _pool_out(pool(pool_id))
+        body = pool_out(pool(pool_id))
         response.headers["ETag"] = etag(body)
         return body
 

@@ -9,7 +9,7 @@ from ..clock import Clock
 from ..config import Settings
 from ..limits import Limit, Usage
 from ..pools import LoadBalancer
-from ..store import SelectionLog
+from ..store import AuditLog, PoolTables, SelectionLog
 
 __all__ = ["ApiServices"]
 
@@ -23,3 +23,6 @@ class ApiServices:
     capacity_report: CapacityReport
     settings: Callable[[], Settings]
     clock: Clock
+    pool_tables: PoolTables
+    refresh_pools: Callable[[], Awaitable[bool]]
+    audit: AuditLog

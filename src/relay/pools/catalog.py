@@ -121,7 +121,14 @@ class PoolCatalog:
         """
         async with self._lock:
             if self._tables is not None:
-                await self._tables.replace(config_rows(settings))
+                ignored = await self._tables.sync_file(config_rows(settings))
+                if ignored:
+                    log.warning(
+                        "pools.file_ignored",
+                        pools=ignored,
+                        reason="changed through the API since; the database is the source of truth "
+                        "(change the file to match, or delete the pool through the API to hand it back to the file)",
+                    )
             self._settings = settings
             self._workspaces = {w.id: w for w in settings.workspaces}
             self.rewriting = _rewriting(settings)

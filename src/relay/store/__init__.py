@@ -1,10 +1,11 @@
 """Store: tables, migrations, durable ingest, the delivery queue, workspace state and load-balancing pools."""
 
+from .audit import AuditEntry, AuditLog
 from .database import Database, async_url
 from .ids import new_message_id
 from .ingest import Ingest
 from .messages import AttemptView, CountedSend, Messages, MessageView
-from .pools import PoolMemberRow, PoolRow, PoolTables
+from .pools import PoolMemberRow, PoolRow, PoolTables, pool_document
 from .queue import MessageQueue
 from .selections import SelectionLog, SelectionView
 from .types import (
@@ -23,6 +24,8 @@ from .workspaces import WorkspaceStates
 __all__ = [
     "AttemptRecord",
     "AttemptView",
+    "AuditEntry",
+    "AuditLog",
     "CountedSend",
     "Database",
     "Deferred",
@@ -45,4 +48,5 @@ __all__ = [
     "WorkspaceStates",
     "async_url",
     "new_message_id",
+    "pool_document",
 ]

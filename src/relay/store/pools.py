@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
+from .audit import audit_row
 from .database import Database
 from .tables import STRATEGIES, load_balancing_pools, pool_workspaces
 from .timestamps import to_db
@@ -62,6 +63,55 @@ class PoolTables:
                 if not tries_left:
                     raise
 
+    async def sync_file(self, pools: Sequence[PoolRow]) -> list[str]:
+        """Write the config file's pools, except those the API has taken over (`managed_by = "api"`): the
+        database is the source of truth once a pool was changed there. Returns the ids left alone."""
+        now = to_db(self._clock.now())
+        ids = [p.id for p in pools]
+        for tries_left in reversed(range(3)):
+            try:
+                async with self._db.begin() as connection:
+                    owned = set(
+                        (
+                            await connection.execute(
+                                sa.select(load_balancing_pools.c.id).where(
+                                    load_balancing_pools.c.id.in_(ids), load_balancing_pools.c.managed_by == "api"
+                                )
+                            )
+                        ).scalars()
+                    )
+                    for pool in pools:
+                        if pool.id not in owned:
+                            await _upsert_pool(connection, pool, now)
+                            await _replace_members(connection, pool)
+                return sorted(owned)
+            except IntegrityError:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def save(self, pool: PoolRow, *, actor: str, action: str, before: dict[str, Any] | None) -> None:
+        """Create or change one pool through the API (it becomes API-managed) and audit it, in one transaction."""
+        now = to_db(self._clock.now())
+        async with self._db.begin() as connection:
+            await _upsert_pool(connection, pool, now, managed_by="api")
+            await _replace_members(connection, pool)
+            await connection.execute(audit_row(now, actor, action, "pool", pool.id, before, pool_document(pool)))
+
+    async def remove(self, pool_id: str, *, actor: str, before: dict[str, Any]) -> bool:
+        """Delete one pool through the API and audit it, in one transaction; False if it was not there."""
+        now = to_db(self._clock.now())
+        async with self._db.begin() as connection:
+            await connection.execute(pool_workspaces.delete().where(pool_workspaces.c.pool_id == pool_id))
+            result = await connection.execute(load_balancing_pools.delete().where(load_balancing_pools.c.id == pool_id))
+            if result.rowcount != 1:
+                return False
+            await connection.execute(audit_row(now, actor, "delete", "pool", pool_id, before, None))
+        return True
+
+    async def get(self, pool_id: str) -> PoolRow | None:
+        return next((p for p in await self.load() if p.id == pool_id), None)
+
     async def load(self) -> list[PoolRow]:
         """Every pool with its members: pools by id, members by workspace id. Two queries in all."""
         pools_query = sa.select(load_balancing_pools).order_by(load_balancing_pools.c.id)
@@ -101,7 +151,7 @@ def _weight(value: float) -> Decimal:
     return Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
-async def _upsert_pool(connection: AsyncConnection, pool: PoolRow, now: datetime) -> None:
+async def _upsert_pool(connection: AsyncConnection, pool: PoolRow, now: datetime, managed_by: str = "file") -> None:
     if pool.strategy not in STRATEGIES:
         raise ValueError(f'pool "{pool.id}": unknown strategy "{pool.strategy}" (one of {", ".join(STRATEGIES)})')
     values: dict[str, Any] = {
@@ -111,6 +161,7 @@ async def _upsert_pool(connection: AsyncConnection, pool: PoolRow, now: datetime
         "enabled": pool.enabled,
         "max_failover_attempts": pool.max_failover_attempts,
         "updated_at": now,
+        "managed_by": managed_by,
     }
     # Update first, insert if nothing matched: portable, and the write lock the transaction holds (BEGIN
     # IMMEDIATE on SQLite, the row lock elsewhere) keeps created_at of a row that exists.
@@ -141,3 +192,18 @@ async def _replace_members(connection: AsyncConnection, pool: PoolRow) -> None:
             )
         else:
             await connection.execute(table.insert().values(pool_id=pool.id, workspace_id=member.workspace_id, **values))
+
+
+def pool_document(pool: PoolRow) -> dict[str, Any]:
+    """A pool as the audit log and the API show it."""
+    return {
+        "id": pool.id,
+        "name": pool.name,
+        "domain_patterns": list(pool.domain_patterns),
+        "strategy": pool.strategy,
+        "enabled": pool.enabled,
+        "max_failover_attempts": pool.max_failover_attempts,
+        "workspaces": [
+            {"workspace_id": m.workspace_id, "weight": m.weight, "enabled": m.enabled} for m in pool.members
+        ],
+    }

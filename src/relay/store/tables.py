@@ -7,6 +7,7 @@ from sqlalchemy.dialects import mysql
 
 __all__ = [
     "STRATEGIES",
+    "audit_log",
     "delivery_attempts",
     "load_balancing_pools",
     "load_balancing_selections",
@@ -107,6 +108,9 @@ load_balancing_pools = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.CheckConstraint(f"strategy IN ({', '.join(repr(s) for s in STRATEGIES)})", name="ck_lb_pools_strategy"),
+    # "file": written from the config file at start and on SIGHUP; "api": created or last changed through the
+    # API, and from then on left alone by the file (the database is the source of truth).
+    sa.Column("managed_by", sa.String(16), nullable=False, server_default="file"),
 )
 
 pool_workspaces = sa.Table(
@@ -133,4 +137,20 @@ load_balancing_selections = sa.Table(
     sa.Column("capacity_score", sa.Numeric(5, 4), nullable=True),
     sa.Index("idx_pool_workspace", "pool_id", "workspace_id"),
     sa.Index("idx_selected_at", "selected_at"),
+)
+
+# Every configuration change: who (the API key's name, or "config-file"), when, what, before and after.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target_type", sa.String(32), nullable=False),
+    sa.Column("target_id", sa.String(255), nullable=False),
+    sa.Column("before", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("after", sa.JSON(none_as_null=True), nullable=True),
+    sa.Index("ix_audit_log_at", "at"),
+    sa.Index("ix_audit_log_target", "target_type", "target_id"),
 )
