@@ -302,6 +302,40 @@ def config_check(file: Annotated[Path, typer.Argument(help="JSON config file")])
     typer.echo(f"{file}: ok ({len(settings.workspaces)} workspaces, {len(settings.load_balancing_pools)} pools)")
 
 
+@config_app.command("rollback")
+def config_rollback(
+    entry: Annotated[int, typer.Argument(help="audit entry id (GET /api/v1/audit)")],
+    config: ConfigOption = None,
+) -> None:
+    """Restore what an audit entry changed to how it was before (itself audited, as "cli")."""
+    settings = _load(config)
+    configure_logging("error", settings.log_format)
+    from .clock import SystemClock
+    from .store import AuditLog, Database, PoolTables
+
+    async def main() -> str:
+        db = Database(settings.database_url)
+        try:
+            found = await AuditLog(db).get(entry)
+            if found is None:
+                raise RelayError(f"no audit entry {entry}")
+            restored = await PoolTables(db, SystemClock()).rollback(found, actor="cli")
+            what = f'pool "{found.target_id}"'
+            return (
+                f"{what} restored as before entry {entry}" if restored else f"{what} removed (entry {entry} created it)"
+            )
+        finally:
+            await db.dispose()
+
+    try:
+        with asyncio.Runner() as runner:
+            message = runner.run(main())
+    except (RelayError, ValueError) as exc:
+        typer.echo(f"relay: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{message}; running relays follow within a second")
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply database migrations up to the latest version."""

@@ -156,3 +156,68 @@ async def test_a_pool_changed_through_the_api_is_not_overwritten_by_the_file(
     assert await relay.reload(settings_from(reloaded, tmp_path)) == []
     view = relay.balancer.catalog.get("invite")
     assert view is not None and {m.workspace_id: m.weight for m in view.members} == {"ws-a": 3.0, "ws-b": 7.0}
+
+
+async def test_a_rollback_restores_the_earlier_pool_exactly_and_routing_follows(
+    relay: Relay, api: httpx.AsyncClient
+) -> None:
+    original = (await api.get("/api/v1/pools/invite", headers=VIEWER)).json()
+    document = {k: v for k, v in original.items() if k not in ("skipped", "max_ejection_percent")}
+    moved = {**document, "domain_patterns": ["invite.example"], "workspaces": [{"workspace_id": "ws-b", "weight": 9}]}
+    assert (await api.put("/api/v1/pools/invite", json=moved, headers=ADMIN)).status_code == 200
+    assert relay.router.route("brian@invite.com") is None
+    [change] = (await api.get("/api/v1/audit?target_id=invite", headers=VIEWER)).json()
+    assert (await api.post(f"/api/v1/audit/{change['id']}/rollback", headers=VIEWER)).status_code == 403
+    done = await api.post(f"/api/v1/audit/{change['id']}/rollback", headers=ADMIN)
+    assert done.status_code == 200, done.text
+    assert done.json()["action"] == f"rollback:{change['id']}" and done.json()["actor"] == "ops"
+    assert done.json()["after"] == change["before"]
+    restored = (await api.get("/api/v1/pools/invite", headers=VIEWER)).json()
+    assert restored == original
+    assert relay.router.route("brian@invite.com") == Route("pool", "invite")
+    assert relay.router.route("brian@invite.example") is None
+
+
+async def test_rolling_back_a_creation_removes_the_pool(relay: Relay, api: httpx.AsyncClient) -> None:
+    created = await api.post("/api/v1/pools", json=NEWS, headers=ADMIN)
+    assert created.status_code == 201
+    [entry] = (await api.get("/api/v1/audit?target_id=news", headers=VIEWER)).json()
+    assert (await api.post(f"/api/v1/audit/{entry['id']}/rollback", headers=ADMIN)).status_code == 200
+    assert (await api.get("/api/v1/pools/news", headers=VIEWER)).status_code == 404
+    assert relay.router.route("x@news.example.org") is None
+    assert (await api.post("/api/v1/audit/999999/rollback", headers=ADMIN)).status_code == 404
+
+
+async def test_the_cli_rolls_back_too(relay: Relay, api: httpx.AsyncClient, tmp_path: Path) -> None:
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    answer = await api.put("/api/v1/pools/invite/workspaces/ws-b", json={"weight": 7}, headers=ADMIN)
+    assert answer.status_code == 200
+    [entry] = (await api.get("/api/v1/audit?target_id=invite", headers=VIEWER)).json()
+    path = tmp_path / "cli.json"
+    path.write_text(json.dumps({"database_url": relay.settings.database_url}))
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay.cli", "config", "rollback", str(entry["id"]), "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"restored as before entry {entry['id']}" in result.stdout
+    await relay.pools.refresh()
+    view = relay.balancer.catalog.get("invite")
+    assert view is not None and {m.workspace_id: m.weight for m in view.members} == {"ws-a": 3.0, "ws-b": 1.0}
+    latest = (await api.get("/api/v1/audit?target_id=invite&limit=1", headers=VIEWER)).json()[0]
+    assert (latest["actor"], latest["action"]) == ("cli", f"rollback:{entry['id']}")
+    missing = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay.cli", "config", "rollback", "424242", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "no audit entry 424242" in missing.stderr

@@ -177,6 +177,19 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         candidate = model.model_copy(update={"workspaces": members})
         return await write(_row(candidate), caller, "remove_member", before, response)
 
+    @router.post("/audit/{entry_id}/rollback", tags=["audit"])
+    async def rollback(entry_id: int, caller: Admin) -> AuditOut:
+        """Restore what audit entry `entry_id` changed to how it was before; the rollback is audited too."""
+        entry = await services.audit.get(entry_id)
+        if entry is None:
+            raise ApiError(404, f"no audit entry {entry_id}")
+        if entry.target_type != "pool":
+            raise ApiError(409, f"audit entry {entry_id} changed a {entry.target_type}; only pools roll back yet")
+        await services.pool_tables.rollback(entry, actor=caller.name)
+        await services.refresh_pools()
+        [done] = await services.audit.entries(target_type="pool", target_id=entry.target_id, limit=1)
+        return _audit_out(done)
+
     @router.get("/audit", tags=["audit"])
     async def audit(
         _caller: Viewer, target_type: str | None = None, target_id: str | None = None, limit: int = 100
@@ -184,18 +197,19 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         entries: list[AuditEntry] = await services.audit.entries(
             target_type=target_type, target_id=target_id, limit=max(1, min(limit, 1000))
         )
-        return [
-            AuditOut(
-                id=e.id,
-                at=e.at.isoformat(),
-                actor=e.actor,
-                action=e.action,
-                target_type=e.target_type,
-                target_id=e.target_id,
-                before=e.before,
-                after=e.after,
-            )
-            for e in entries
-        ]
+        return [_audit_out(e) for e in entries]
 
     return router
+
+
+def _audit_out(e: AuditEntry) -> AuditOut:
+    return AuditOut(
+        id=e.id,
+        at=e.at.isoformat(),
+        actor=e.actor,
+        action=e.action,
+        target_type=e.target_type,
+        target_id=e.target_id,
+        before=e.before,
+        after=e.after,
+    )

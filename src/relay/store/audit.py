@@ -46,6 +46,10 @@ class AuditLog:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def get(self, entry_id: int) -> AuditEntry | None:
+        found = await self._select(sa.select(audit_log).where(audit_log.c.id == entry_id))
+        return found[0] if found else None
+
     async def entries(
         self, *, target_type: str | None = None, target_id: str | None = None, limit: int = 100
     ) -> list[AuditEntry]:
@@ -55,6 +59,9 @@ class AuditLog:
             query = query.where(audit_log.c.target_type == target_type)
         if target_id is not None:
             query = query.where(audit_log.c.target_id == target_id)
+        return await self._select(query)
+
+    async def _select(self, query: sa.Select[Any]) -> list[AuditEntry]:
         async with self._db.read() as connection:
             rows = (await connection.execute(query)).all()
         return [

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
-from .audit import audit_row
+from .audit import AuditEntry, audit_row
 from .database import Database
 from .tables import STRATEGIES, load_balancing_pools, pool_workspaces
 from .timestamps import to_db
@@ -98,7 +98,7 @@ class PoolTables:
             await _replace_members(connection, pool)
             await connection.execute(audit_row(now, actor, action, "pool", pool.id, before, pool_document(pool)))
 
-    async def remove(self, pool_id: str, *, actor: str, before: dict[str, Any]) -> bool:
+    async def remove(self, pool_id: str, *, actor: str, before: dict[str, Any], action: str = "delete") -> bool:
         """Delete one pool through the API and audit it, in one transaction; False if it was not there."""
         now = to_db(self._clock.now())
         async with self._db.begin() as connection:
@@ -106,8 +106,24 @@ class PoolTables:
             result = await connection.execute(load_balancing_pools.delete().where(load_balancing_pools.c.id == pool_id))
             if result.rowcount != 1:
                 return False
-            await connection.execute(audit_row(now, actor, "delete", "pool", pool_id, before, None))
+            await connection.execute(audit_row(now, actor, action, "pool", pool_id, before, None))
         return True
+
+    async def rollback(self, entry: AuditEntry, *, actor: str) -> PoolRow | None:
+        """Restore the pool `entry` changed to how it was before that change (deleting it if the change created
+        it), audited as a `rollback` of that entry. Returns the restored pool, or None when it is now gone."""
+        if entry.target_type != "pool":
+            raise ValueError(f"audit entry {entry.id} changed a {entry.target_type}, not a pool")
+        current = await self.get(entry.target_id)
+        before = pool_document(current) if current is not None else None
+        action = f"rollback:{entry.id}"
+        if entry.before is None:
+            if current is not None:
+                await self.remove(entry.target_id, actor=actor, before=before or {}, action=action)
+            return None
+        restored = pool_from_document(entry.before)
+        await self.save(restored, actor=actor, action=action, before=before)
+        return restored
 
     async def get(self, pool_id: str) -> PoolRow | None:
         return next((p for p in await self.load() if p.id == pool_id), None)
@@ -207,3 +223,19 @@ def pool_document(pool: PoolRow) -> dict[str, Any]:
             {"workspace_id": m.workspace_id, "weight": m.weight, "enabled": m.enabled} for m in pool.members
         ],
     }
+
+
+def pool_from_document(document: dict[str, Any]) -> PoolRow:
+    """The inverse of `pool_document`."""
+    return PoolRow(
+        id=str(document["id"]),
+        name=str(document["name"]),
+        domain_patterns=tuple(document["domain_patterns"]),
+        strategy=str(document["strategy"]),
+        enabled=bool(document["enabled"]),
+        members=tuple(
+            PoolMemberRow(str(m["workspace_id"]), float(m["weight"]), bool(m["enabled"]))
+            for m in document["workspaces"]
+        ),
+        max_failover_attempts=document.get("max_failover_attempts"),
+    )
