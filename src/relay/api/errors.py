@@ -7,12 +7,40 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "install_error_handlers"]
+__all__ = ["ERROR_RESPONSES", "ApiError", "ErrorOut", "install_error_handlers"]
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 412: "precondition_failed", 422: "invalid", 429: "too_many_requests"}  # fmt: skip
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+# Declared on every router, so the OpenAPI document says what an error looks like (and schemathesis can hold
+# the API to it).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": code.replace("_", " ")}
+    for status, code in {
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        409: "conflict",
+        412: "precondition_failed",
+        422: "invalid",
+    }.items()
+}
 
 
 class ApiError(Exception):

@@ -16,7 +16,7 @@ from ..config import Pool, PoolMember
 from ..config.checks import cross_checks
 from ..store import AuditEntry, PoolMemberRow, PoolRow, pool_document
 from .auth import ApiKeys, Caller
-from .errors import ApiError
+from .errors import ERROR_RESPONSES, ApiError
 from .pools import PoolOut, etag, pool_out
 from .services import ApiServices
 
@@ -64,7 +64,7 @@ def _model(row: PoolRow) -> Pool:
 
 
 def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
-    router = APIRouter(prefix="/api/v1")
+    router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
     Admin = Annotated[Caller, Depends(keys.requires("admin"))]  # noqa: N806 (a type, used as one)
     Viewer = Annotated[Caller, Depends(keys.requires("viewer"))]  # noqa: N806
     IfMatch = Annotated[str | None, Header(alias="If-Match")]  # noqa: N806

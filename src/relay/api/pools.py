@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from ..pools import Decision, MemberReport, PoolView
 from .auth import ApiKeys, Caller
-from .errors import ApiError
+from .errors import ERROR_RESPONSES, ApiError
 from .services import ApiServices
 
 __all__ = ["pools_router"]
@@ -176,7 +176,7 @@ def _window_seconds(window: str) -> float:
 
 
 def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
-    router = APIRouter(prefix="/api/v1")
+    router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
     Viewer = Annotated[Caller, Depends(keys.requires("viewer"))]  # noqa: N806 (a type, used as one)
 
     def pool(pool_id: str) -> PoolView:
