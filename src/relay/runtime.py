@@ -378,6 +378,8 @@ class Relay:
             pool_tables=self.pool_tables,
             refresh_pools=self.pools.refresh,
             audit=AuditLog(self.db),
+            messages=Messages(self.db),
+            queue=self.queue,
         )
         keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
         return create_app(self.readiness, services, keys)

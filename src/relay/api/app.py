@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from .auth import ApiKeys
 from .errors import install_error_handlers
+from .messages import messages_router
 from .pool_writes import pool_writes_router
 from .pools import pools_router
 from .services import ApiServices
@@ -41,4 +42,5 @@ def create_app(
         keys = keys or ApiKeys(())
         app.include_router(pools_router(services, keys))
         app.include_router(pool_writes_router(services, keys))
+        app.include_router(messages_router(services.messages, services.queue, keys))
     return app

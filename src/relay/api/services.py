@@ -9,7 +9,7 @@ from ..clock import Clock
 from ..config import Settings
 from ..limits import Limit, Usage
 from ..pools import LoadBalancer
-from ..store import AuditLog, PoolTables, SelectionLog
+from ..store import AuditLog, MessageQueue, Messages, PoolTables, SelectionLog
 
 __all__ = ["ApiServices"]
 
@@ -26,3 +26,5 @@ class ApiServices:
     pool_tables: PoolTables
     refresh_pools: Callable[[], Awaitable[bool]]
     audit: AuditLog
+    messages: Messages
+    queue: MessageQueue

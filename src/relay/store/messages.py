@@ -68,23 +68,36 @@ class Messages:
 
     async def get(self, message_id: str) -> MessageView | None:
         async with self._db.read() as connection:
-            row = (await connection.execute(sa.select(messages).where(messages.c.id == message_id))).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return MessageView(
-            id=m["id"],
-            mail_from=m["mail_from"],
-            rcpt_to=tuple(m["rcpt_to"]),
-            status=m["status"],
-            attempts=m["attempts"],
-            next_attempt_at=from_db(m["next_attempt_at"]) if m["next_attempt_at"] else None,
-            workspace_id=m["workspace_id"],
-            last_error=m["last_error"],
-            metadata=m["metadata"],
-            size=m["size"],
-            created_at=from_db(m["created_at"]),
-        )
+            row = (await connection.execute(sa.select(*_VIEW_COLUMNS).where(messages.c.id == message_id))).first()
+        return _view(row) if row is not None else None
+
+    async def search(
+        self,
+        *,
+        status: str | None = None,
+        sender: str | None = None,
+        recipient: str | None = None,
+        workspace_id: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[MessageView]:
+        """Newest first (ids are ULIDs, so they sort by time); `before` continues a page after that id. `sender` and
+        `recipient` match case-insensitively on part of the address."""
+        query = sa.select(*_VIEW_COLUMNS).order_by(messages.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(messages.c.status == status)
+        if sender is not None:
+            query = query.where(sa.func.lower(messages.c.mail_from).contains(sender.lower(), autoescape=True))
+        if recipient is not None:
+            rcpts = sa.func.lower(sa.cast(messages.c.rcpt_to, sa.Text))
+            query = query.where(rcpts.contains(recipient.lower(), autoescape=True))
+        if workspace_id is not None:
+            query = query.where(messages.c.workspace_id == workspace_id)
+        if before is not None:
+            query = query.where(messages.c.id < before)
+        async with self._db.read() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_view(row) for row in rows]
 
     async def raw(self, message_id: str) -> bytes | None:
         async with self._db.read() as connection:
@@ -152,3 +165,23 @@ class Messages:
             )
             for r in rows
         ]
+
+
+_VIEW_COLUMNS = [c for c in messages.c if c.name != "raw"]  # the list never carries message bodies
+
+
+def _view(row: sa.Row[Any]) -> MessageView:
+    m = row._mapping
+    return MessageView(
+        id=m["id"],
+        mail_from=m["mail_from"],
+        rcpt_to=tuple(m["rcpt_to"]),
+        status=m["status"],
+        attempts=m["attempts"],
+        next_attempt_at=from_db(m["next_attempt_at"]) if m["next_attempt_at"] else None,
+        workspace_id=m["workspace_id"],
+        last_error=m["last_error"],
+        metadata=m["metadata"],
+        size=m["size"],
+        created_at=from_db(m["created_at"]),
+    )

@@ -147,6 +147,18 @@ class MessageQueue:
             )
         return result.rowcount == 1
 
+    async def cancel(self, message_id: str, reason: str) -> bool:
+        """Fail a message that is waiting (queued or deferred) so it is never sent; False if it is not waiting
+        (already sent or failed, unknown, or being sent right now)."""
+        now = to_db(self._clock.now())
+        async with self._db.begin() as connection:
+            result = await connection.execute(
+                messages.update()
+                .where(messages.c.id == message_id, messages.c.status.in_(("queued", "deferred")))
+                .values(status="failed", next_attempt_at=None, last_error=reason[:2000], updated_at=now)
+            )
+        return result.rowcount == 1
+
     async def next_due(self) -> datetime | None:
         """When the earliest waiting or leased message becomes due, or None if nothing is pending."""
         async with self._db.read() as connection:
