@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .api import ApiKeys, ApiServices, create_app
+from .api.messages import Ingress
 from .clock import Clock, SystemClock
 from .config import HealthSettings, Settings, SmtpSettings
 from .config.reload import header_rewrites, restart_required
@@ -36,6 +37,7 @@ from .store import (
     Ingest,
     MessageQueue,
     Messages,
+    NewMessage,
     PoolTables,
     SelectionLog,
     WorkspaceStates,
@@ -380,9 +382,19 @@ class Relay:
             audit=AuditLog(self.db),
             messages=Messages(self.db),
             queue=self.queue,
+            ingress=Ingress(
+                self._store_and_notify,
+                self.router.serves,
+                self.settings.smtp.max_message_size,
+                self.settings.smtp.max_recipients,
+                self.clock,
+            ),
         )
         keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
         return create_app(self.readiness, services, keys)
+
+    async def _store_and_notify(self, message: NewMessage) -> None:
+        await self.ingest.store(message)  # on_commit wakes the delivery worker
 
     async def readiness(self) -> str | None:
         try:

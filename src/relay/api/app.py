@@ -42,5 +42,5 @@ def create_app(
         keys = keys or ApiKeys(())
         app.include_router(pools_router(services, keys))
         app.include_router(pool_writes_router(services, keys))
-        app.include_router(messages_router(services.messages, services.queue, keys))
+        app.include_router(messages_router(services.messages, services.queue, keys, services.ingress))
     return app

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 __all__ = ["ERROR_RESPONSES", "ApiError", "ErrorOut", "install_error_handlers"]
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 412: "precondition_failed", 422: "invalid", 429: "too_many_requests"}  # fmt: skip
+          409: "conflict", 412: "precondition_failed", 422: "invalid", 429: "too_many_requests",
+          503: "unavailable"}  # fmt: skip
 
 
 class ErrorDetail(BaseModel):

@@ -4,13 +4,18 @@ waiting one (operator).
 No `from __future__ import annotations`: FastAPI reads these annotations at definition time (see pools.py).
 """
 
-from datetime import datetime
+import base64
+import binascii
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import BaseModel, Field
 
-from ..store import AttemptView, MessageQueue, Messages, MessageView
+from ..errors import StoreError
+from ..store import AttemptView, DuplicateKeyError, MessageQueue, Messages, MessageView, NewMessage, new_message_id
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 
@@ -87,7 +92,71 @@ def _attempt(a: AttemptView) -> AttemptOut:
     )
 
 
-def messages_router(messages: Messages, queue: MessageQueue, keys: ApiKeys) -> APIRouter:
+class SendIn(BaseModel):
+    """A message to send: either `subject` with `text` and/or `html` (Relay builds the MIME), or `raw`, a complete
+    RFC 5322 message in base64 (sent byte for byte)."""
+
+    from_: str = Field(alias="from", min_length=3, max_length=512, pattern=r"^[^@\s]+@[^@\s]+$")
+    to: list[Annotated[str, Field(min_length=3, max_length=512, pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(
+        min_length=1, max_length=1000
+    )
+    subject: str | None = Field(default=None, max_length=998)
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, Annotated[str, Field(max_length=998)]] = Field(default_factory=dict, max_length=50)
+    raw: str | None = Field(default=None, description="base64 of a complete message; excludes subject/text/html")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SentOut(BaseModel):
+    id: str
+    status: str
+
+
+class Ingress:
+    """What sending needs from the runtime: the durable writer, and whether a sender is served."""
+
+    def __init__(self, store: Any, serves: Any, max_size: int, max_recipients: int, clock: Any) -> None:
+        self.store = store
+        self.serves = serves
+        self.max_size = max_size
+        self.max_recipients = max_recipients
+        self.clock = clock
+
+
+def _mime(body: SendIn) -> bytes:
+    if body.raw is not None:
+        if body.subject is not None or body.text is not None or body.html is not None:
+            raise ApiError(422, "raw excludes subject, text and html", field="raw")
+        try:
+            return base64.b64decode(body.raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "raw is not base64", field="raw") from None
+    if body.text is None and body.html is None:
+        raise ApiError(422, "give text, html, or a raw message", field="text")
+    message = EmailMessage()
+    for name, value in body.headers.items():
+        if "\r" in value or "\n" in value or not name.isascii() or ":" in name:
+            raise ApiError(422, "a header name or value is not allowed", field=f"headers.{name}")
+        message[name] = value
+    message["From"] = body.from_
+    message["To"] = ", ".join(body.to)
+    message["Subject"] = body.subject or ""
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain=body.from_.rpartition("@")[2])
+    if body.text is not None:
+        message.set_content(body.text)
+    if body.html is not None:
+        if body.text is None:
+            message.set_content(body.html, subtype="html")
+        else:
+            message.add_alternative(body.html, subtype="html")
+    return message.as_bytes()
+
+
+def messages_router(
+    messages: Messages, queue: MessageQueue, keys: ApiKeys, ingress: Ingress | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
     Viewer = Annotated[Caller, Depends(keys.requires("viewer"))]  # noqa: N806 (a type, used as one)
     Operator = Annotated[Caller, Depends(keys.requires("operator"))]  # noqa: N806
@@ -130,5 +199,52 @@ def messages_router(messages: Messages, queue: MessageQueue, keys: ApiKeys) -> A
         view = await messages.get(message_id)
         assert view is not None
         return MessageOut(**_message(view))
+
+    if ingress is not None:
+        IdempotencyKey = Annotated[  # noqa: N806
+            str | None,
+            Header(alias="Idempotency-Key", max_length=255, description="a repeat within 24 h is the same message"),
+        ]
+
+        @router.post("/messages", status_code=202, tags=["messages"])
+        async def send(body: SendIn, caller: Operator, response: Response, key: IdempotencyKey = None) -> SentOut:
+            """Queue a message, durably: `202` means it survives a crash, exactly like SMTP's 250."""
+            now = ingress.clock.now()
+            if key is not None:
+                await messages.forget_idempotency_key(key, now - timedelta(hours=24))
+                first = await messages.by_idempotency_key(key, now - timedelta(hours=24))
+                if first is not None:
+                    response.status_code = 200
+                    return SentOut(id=first, status="duplicate")
+            if not ingress.serves(body.from_):
+                raise ApiError(422, f"no workspace or pool serves the sender {body.from_}", field="from")
+            if len(body.to) > ingress.max_recipients:
+                raise ApiError(422, f"at most {ingress.max_recipients} recipients", field="to")
+            raw = _mime(body)
+            if len(raw) > ingress.max_size:
+                raise ApiError(422, f"the message is larger than {ingress.max_size} bytes", field="raw")
+            message = NewMessage(
+                id=new_message_id(),
+                mail_from=body.from_,
+                rcpt_to=tuple(body.to),
+                raw=raw,
+                received_at=now,
+                metadata=body.metadata,
+                source="http",
+                authenticated_user=caller.name,
+                idempotency_key=key,
+            )
+            try:
+                await ingress.store(message)
+            except DuplicateKeyError:
+                # Another request with this key committed first: answer with its message.
+                first = await messages.by_idempotency_key(key or "", now - timedelta(hours=24))
+                if first is None:
+                    raise ApiError(409, "this idempotency key is being used right now; retry") from None
+                response.status_code = 200
+                return SentOut(id=first, status="duplicate")
+            except StoreError:
+                raise ApiError(503, "the message could not be stored; nothing was queued, try again") from None
+            return SentOut(id=message.id, status="queued")
 
     return router

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..clock import Clock
 from ..config import Settings
@@ -28,3 +29,4 @@ class ApiServices:
     audit: AuditLog
     messages: Messages
     queue: MessageQueue
+    ingress: Any = None  # messages.Ingress: sending through the API

@@ -3,7 +3,7 @@
 from .audit import AuditEntry, AuditLog
 from .database import Database, async_url
 from .ids import new_message_id
-from .ingest import Ingest
+from .ingest import DuplicateKeyError, Ingest
 from .messages import AttemptView, CountedSend, Messages, MessageView
 from .pools import PoolMemberRow, PoolRow, PoolTables, pool_document
 from .queue import MessageQueue
@@ -29,6 +29,7 @@ __all__ = [
     "CountedSend",
     "Database",
     "Deferred",
+    "DuplicateKeyError",
     "Failed",
     "Ingest",
     "MessageQueue",

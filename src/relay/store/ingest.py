@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from ..errors import StoreError
 from .database import Database
-from .tables import messages
+from .tables import idempotency_keys, messages
 from .timestamps import to_db
 from .types import NewMessage
 
@@ -31,6 +32,7 @@ class Ingest:
         self._max_batch = max_batch
         self._commit_timeout = commit_timeout
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._keys: dict[str, dict[str, Any]] = {}  # message id -> its idempotency key row, until committed
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._on_commit: list[Callable[[], None]] = []
@@ -62,6 +64,12 @@ class Ingest:
             raise StoreError("ingest is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((_row(message), future))
+        if message.idempotency_key is not None:
+            self._keys[message.id] = {
+                "key": message.idempotency_key,
+                "message_id": message.id,
+                "created_at": to_db(message.received_at),
+            }
         self._idle.clear()
         self._wakeup.set()
         await future
@@ -79,6 +87,19 @@ class Ingest:
     async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:
             await self._insert([row for row, _ in batch])
+        except IntegrityError as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    await self._commit([item])
+                return
+            key = self._keys.pop(batch[0][0]["id"], None)
+            error: StoreError = (
+                DuplicateKeyError(key["key"]) if key is not None else StoreError(f"could not store: {_describe(exc)}")
+            )
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
         except Exception as exc:
             if len(batch) > 1:
                 # One row the database refuses must not cost every session sharing its transaction a 451:
@@ -87,11 +108,14 @@ class Ingest:
                     await self._commit([item])
                 return
             log.error("ingest.commit_failed", message_id=batch[0][0]["id"], error=_describe(exc))
-            error = StoreError(f"could not store the message: {type(exc).__name__}")
-            for _, future in batch:
+            failure = StoreError(f"could not store the message: {type(exc).__name__}")
+            for row, future in batch:
+                self._keys.pop(row["id"], None)
                 if not future.done():
-                    future.set_exception(error)
+                    future.set_exception(failure)
             return
+        for row, _ in batch:
+            self._keys.pop(row["id"], None)
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
@@ -99,8 +123,19 @@ class Ingest:
             callback()
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        keys = [self._keys[row["id"]] for row in rows if row["id"] in self._keys]
         async with asyncio.timeout(self._commit_timeout), self._db.begin() as connection:
             await connection.execute(messages.insert(), rows)
+            if keys:  # in the message's own transaction: a message and its key exist together or not at all
+                await connection.execute(idempotency_keys.insert(), keys)
+
+
+class DuplicateKeyError(StoreError):
+    """The message's idempotency key belongs to a message stored before; nothing was stored."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("this idempotency key was used already")
+        self.key = key
 
 
 def _row(message: NewMessage) -> dict[str, Any]:

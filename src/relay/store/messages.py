@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .database import Database
-from .tables import delivery_attempts, messages
+from .tables import delivery_attempts, idempotency_keys, messages
 from .timestamps import from_db, to_db
 
 __all__ = ["AttemptView", "CountedSend", "MessageView", "Messages"]
@@ -98,6 +98,23 @@ class Messages:
         async with self._db.read() as connection:
             rows = (await connection.execute(query)).all()
         return [_view(row) for row in rows]
+
+    async def by_idempotency_key(self, key: str, since: datetime) -> str | None:
+        """The id of the message sent with `key` at or after `since`, if any."""
+        query = sa.select(idempotency_keys.c.message_id).where(
+            idempotency_keys.c.key == key, idempotency_keys.c.created_at >= to_db(since)
+        )
+        async with self._db.read() as connection:
+            return (await connection.execute(query)).scalar()
+
+    async def forget_idempotency_key(self, key: str, before: datetime) -> None:
+        """Drop `key` if it is older than `before` (24 h): the key may be used again."""
+        async with self._db.begin() as connection:
+            await connection.execute(
+                idempotency_keys.delete().where(
+                    idempotency_keys.c.key == key, idempotency_keys.c.created_at < to_db(before)
+                )
+            )
 
     async def raw(self, message_id: str) -> bytes | None:
         async with self._db.read() as connection:

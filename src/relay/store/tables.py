@@ -9,6 +9,7 @@ __all__ = [
     "STRATEGIES",
     "audit_log",
     "delivery_attempts",
+    "idempotency_keys",
     "load_balancing_pools",
     "load_balancing_selections",
     "messages",
@@ -153,4 +154,14 @@ audit_log = sa.Table(
     sa.Column("after", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_audit_log_at", "at"),
     sa.Index("ix_audit_log_target", "target_type", "target_id"),
+)
+
+# `Idempotency-Key` of a message sent through the API: written in the message's own transaction.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("message_id", sa.String(26), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_idempotency_keys_created_at", "created_at"),
 )

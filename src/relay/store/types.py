@@ -34,6 +34,7 @@ class NewMessage:
     source: str = "smtp"
     client_address: str | None = None
     authenticated_user: str | None = None
+    idempotency_key: str | None = None  # API sends: a repeated key within 24 h is the same message
 
 
 @dataclass(frozen=True, slots=True)
