@@ -23,10 +23,18 @@ from .clock import Clock, SystemClock
 from .config import HealthSettings, Settings, SmtpSettings
 from .config.reload import header_rewrites, restart_required
 from .delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
-from .health import Breakers, BreakerSettings, BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore
+from .health import Breakers, BreakerSettings, BreakerStore, MemoryBreakerStore, RedisBreakerStore
 from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
 from .limits.policy import cost_of, limits_for
-from .pools import CapacityView, HealthChecker, HealthView, LoadBalancer, PoolCatalog, breaker_settings
+from .pools import (
+    CapacityView,
+    HealthChecker,
+    HealthView,
+    LoadBalancer,
+    PoolCatalog,
+    breaker_settings,
+    log_breaker_change,
+)
 from .providers import Outcome, Provider, ProviderContext, build_provider
 from .routing import Router
 from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
@@ -84,7 +92,7 @@ class Relay:
             RedisBreakerStore(settings.redis_url) if settings.redis_url else MemoryBreakerStore()
         )
         self.breakers = Breakers(
-            breaker_store, self._breaker_settings, self.clock, self.owner, on_change=self._health_changed
+            breaker_store, self._breaker_settings, self.clock, self.owner, on_change=log_breaker_change
         )
         self.health = HealthView(self.states, self.clock, breakers=self.breakers)
         self.health.track([w.id for w in settings.workspaces])
@@ -186,19 +194,6 @@ class Relay:
         # the probe is a real send: it may take the whole send timeout
         probe_timeout = self.settings.delivery.send_timeout_seconds + 10.0
         return breaker_settings(workspace.health if workspace is not None else HealthSettings(), probe_timeout)
-
-    def _health_changed(self, workspace_id: str, old: BreakerState, new: BreakerState) -> None:
-        """`workspace.health_changed` (the events issue turns this into a webhook event)."""
-        names = {"closed": "healthy", "open": "open", "half_open": "half_open"}
-        log.warning(
-            "workspace.health_changed",
-            workspace_id=workspace_id,
-            old=names[old.state],
-            new=names[new.state],
-            error=new.last_error,
-            ejections=new.ejections,
-            open_until=new.open_until,
-        )
 
     async def _follow_pools(self, interval: float = 1.0) -> None:
         """Pick up pool changes made in the database (by another process, the API, SQL) within `interval`."""

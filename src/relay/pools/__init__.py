@@ -4,7 +4,7 @@ PRD's `LoadBalancer` that turns them into one decision per message. I/O lives he
 
 from .capacity import CapacityView, LimitPolicy
 from .catalog import PoolCatalog, PoolView, config_rows
-from .checks import HealthChecker, breaker_settings
+from .checks import HealthChecker, breaker_settings, log_breaker_change
 from .health import HealthState, HealthView, WorkspaceHealth
 from .load_balancer import ALREADY_TRIED, RESERVATION_REFUSED, Decision, LoadBalancer, MemberReport, PoolStatus
 
@@ -25,4 +25,5 @@ __all__ = [
     "WorkspaceHealth",
     "breaker_settings",
     "config_rows",
+    "log_breaker_change",
 ]

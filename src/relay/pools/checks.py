@@ -17,12 +17,12 @@ import structlog
 
 from ..clock import Clock
 from ..config import HealthSettings
-from ..health import Breakers, BreakerSettings
+from ..health import Breakers, BreakerSettings, BreakerState
 from ..providers import Health, Provider
 from ..store import WorkspaceState, WorkspaceStates
 from .health import HealthView
 
-__all__ = ["HealthChecker", "breaker_settings"]
+__all__ = ["HealthChecker", "breaker_settings", "log_breaker_change"]
 
 log = structlog.get_logger(__name__)
 
@@ -177,4 +177,18 @@ def breaker_settings(health: HealthSettings, probe_timeout_seconds: float) -> Br
         max_open_seconds=health.max_open_seconds,
         decay_seconds=health.decay_seconds,
         probe_timeout_seconds=probe_timeout_seconds,
+    )
+
+
+def log_breaker_change(workspace_id: str, old: BreakerState, new: BreakerState) -> None:
+    """`workspace.health_changed` for a breaker transition (the events issue turns it into a webhook event)."""
+    names = {"closed": "healthy", "open": "open", "half_open": "half_open"}
+    log.warning(
+        "workspace.health_changed",
+        workspace_id=workspace_id,
+        old=names[old.state],
+        new=names[new.state],
+        error=new.last_error,
+        ejections=new.ejections,
+        open_until=new.open_until,
     )
