@@ -6,6 +6,7 @@ No `from __future__ import annotations`: FastAPI reads these annotations at defi
 
 import base64
 import binascii
+import dataclasses
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -59,19 +60,7 @@ class MessageDetailOut(MessageOut):
 
 
 def _message(m: MessageView) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "mail_from": m.mail_from,
-        "rcpt_to": list(m.rcpt_to),
-        "status": m.status,
-        "attempts": m.attempts,
-        "next_attempt_at": m.next_attempt_at,
-        "workspace_id": m.workspace_id,
-        "last_error": m.last_error,
-        "metadata": m.metadata,
-        "size": m.size,
-        "created_at": m.created_at,
-    }
+    return {**dataclasses.asdict(m), "rcpt_to": list(m.rcpt_to)}
 
 
 def _attempt(a: AttemptView) -> AttemptOut:
