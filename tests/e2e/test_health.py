@@ -31,7 +31,7 @@ from relay.providers import Outcome
 from relay.runtime import Relay
 from tests.emulators import mailgun as mailgun_emulator
 from tests.emulators.server import ServedApp
-from tests.support.health import HEALTH_CHANGED, REDIS_URL, changes, redis_run, with_health
+from tests.support.health import HEALTH_CHANGED, changes, redis_run, with_health
 from tests.support.net import async_wait_for, free_port
 from tests.support.pools import (
     attempts_of,
@@ -43,6 +43,7 @@ from tests.support.pools import (
     wait_for_statuses,
 )
 from tests.support.relay import config, sandbox_workspace, settings_from, smtp_workspace, start_relay
+from tests.support.services import REDIS_URL
 from tests.support.sink import SmtpSink
 from tests.support.tcp_proxy import TcpProxy
 

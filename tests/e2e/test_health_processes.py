@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 
 from relay.store import AttemptView, Database, Messages
-from tests.support.health import HEALTH_CHANGED, REDIS_URL, exclusion, json_events, logged_at, redis_run, with_health
+from tests.support.health import HEALTH_CHANGED, exclusion, json_events, logged_at, redis_run, with_health
 from tests.support.net import free_port, wait_for
 from tests.support.pools import plain_message, pool
 from tests.support.relay import RelayProcess, config, sandbox_workspace, smtp_workspace
+from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.slow
 

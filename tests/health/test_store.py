@@ -8,12 +8,10 @@ skips, or fails when RELAY_REQUIRE_SERVICES=1. Time is a ManualClock: cache expi
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -33,9 +31,8 @@ from relay.health import (
     RedisBreakerStore,
 )
 from tests.support.net import free_port
-from tests.support.services import require
+from tests.support.services import REDIS_URL, redis_keys, require_redis
 
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 S = BreakerSettings()
 FRESH = BreakerState()
 WS = "gmail-1"
@@ -44,21 +41,11 @@ MakeStore = Callable[[], BreakerStore]
 Change = tuple[str, str, str]
 
 
-def require_redis() -> str:
-    parts = urlsplit(REDIS_URL)
-    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
-    return REDIS_URL
-
-
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    url = require_redis()
     prefix = f"relay-test:health:{uuid.uuid4().hex}:"
-    yield prefix
-    with redis.Redis.from_url(url) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+    with redis_keys(f"{prefix}*"):
+        yield prefix
 
 
 @pytest.fixture(params=["memory", "redis"])

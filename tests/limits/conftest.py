@@ -6,40 +6,25 @@ half of the suite skips, or fails when RELAY_REQUIRE_SERVICES=1.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
-import redis
 from redis.asyncio import Redis
 
 from relay.clock import Clock
 from relay.limits import LimitBackend, MemoryLimits, RedisLimits
-from tests.support.services import require
-
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.services import REDIS_URL, redis_keys, require_redis
 
 Factory = Callable[..., LimitBackend]
-
-
-def require_redis() -> str:
-    parts = urlsplit(REDIS_URL)
-    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
-    return REDIS_URL
 
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix no other test uses (with its own hash tag); every key under it is deleted afterwards."""
-    url = require_redis()
     prefix = f"relay-test:{{{uuid.uuid4().hex}}}:"
-    yield prefix
-    with redis.Redis.from_url(url) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+    with redis_keys(f"{prefix}*"):
+        yield prefix
 
 
 @pytest.fixture

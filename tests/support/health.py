@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
-
-import redis
 
 from relay.store import AttemptView
 
-from .services import require
+from .services import redis_keys
 
 HEALTH_CHANGED = "workspace.health_changed"
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @contextmanager
 def redis_run() -> Iterator[str]:
     """An id for this run's workspace ids, so that its breaker, lease and limit keys in the shared Redis are its
     own (they all contain the workspace id); every key containing it is deleted afterwards. Skips without Redis."""
-    parts = urlsplit(REDIS_URL)
-    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
     run = uuid.uuid4().hex[:10]
-    try:
+    with redis_keys(f"*{run}*"):
         yield run
-    finally:
-        with redis.Redis.from_url(REDIS_URL) as client:
-            keys = list(client.scan_iter(match=f"*{run}*", count=1000))
-            if keys:
-                client.delete(*keys)
 
 
 def with_health(workspace: dict[str, Any], **health: Any) -> dict[str, Any]:

@@ -117,3 +117,30 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
         yield server.url.format(name=name)
     finally:
         asyncio.run(server.run(server.drop.format(name=name)))
+
+
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> str:
+    """The test Redis URL; skips (or fails under RELAY_REQUIRE_SERVICES=1) when Redis is not running."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+    return REDIS_URL
+
+
+@contextmanager
+def redis_keys(pattern: str) -> Iterator[None]:
+    """Delete every key matching `pattern` afterwards: tests share one Redis."""
+    import redis
+
+    url = require_redis()
+    try:
+        yield
+    finally:
+        with redis.Redis.from_url(url) as client:
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
