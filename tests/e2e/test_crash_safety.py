@@ -124,8 +124,11 @@ def leases_released(log: str) -> list[int]:
     """How many interrupted deliveries each restart took back (the `delivery.leases_released` log lines)."""
     counts = []
     for line in log.splitlines():
-        if line.startswith("{") and '"delivery.leases_released"' in line:
-            counts.append(int(json.loads(line)["messages"]))
+        # A SIGKILL can cut a log line short; the next process's first line then continues it. Take the last
+        # JSON object on the line.
+        start = line.rfind('{"', 0, line.find('"delivery.leases_released"'))
+        if start >= 0 and '"delivery.leases_released"' in line:
+            counts.append(int(json.loads(line[start:])["messages"]))
     return counts
 
 
