@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from relay.store import Database
 from tests.support.services import BACKENDS, fresh_database
 from tests.support.sink import SmtpSink
 
@@ -38,3 +39,12 @@ def outbox(tmp_path: Path) -> Path:
     path = tmp_path / "outbox"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated database on each backend in turn."""
+    database = Database(database_url)
+    await database.upgrade()
+    yield database
+    await database.dispose()

@@ -4,24 +4,13 @@ back, and the router follows them — including pools and edits that exist only 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from relay.clock import ManualClock
 from relay.config import Settings
 from relay.pools import PoolCatalog, config_rows
 from relay.routing import Route, Router
 from relay.store import Database, PoolMemberRow, PoolRow, PoolTables
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 def ws(workspace_id: str, **extra: Any) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,14 +12,6 @@ from relay.clock import ManualClock
 from relay.store import Database, PoolMemberRow, PoolRow, PoolTables
 from relay.store.tables import load_balancing_pools, load_balancing_selections, metadata, pool_workspaces
 from relay.store.timestamps import from_db
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 def pool(pool_id: str, *members: PoolMemberRow, **kwargs: Any) -> PoolRow:

@@ -4,10 +4,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 import sqlalchemy as sa
 
 from relay.clock import ManualClock
@@ -24,14 +22,6 @@ from relay.store import (
     WorkspaceStates,
     new_message_id,
 )
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 def new(clock: ManualClock, **kwargs: object) -> NewMessage:

@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,14 +13,6 @@ from structlog.testing import capture_logs
 from relay.clock import ManualClock
 from relay.store import Database, SelectionLog, SelectionView
 from relay.store.tables import load_balancing_selections
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.upgrade()
-    yield database
-    await database.dispose()
 
 
 class FlakyDatabase(Database):

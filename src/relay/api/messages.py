@@ -7,6 +7,8 @@ No `from __future__ import annotations`: FastAPI reads these annotations at defi
 import base64
 import binascii
 import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -15,6 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
+from ..clock import Clock
 from ..errors import StoreError
 from ..store import AttemptView, DuplicateKeyError, MessageQueue, Messages, MessageView, NewMessage, new_message_id
 from .auth import ApiKeys, Caller
@@ -102,15 +105,15 @@ class SentOut(BaseModel):
     status: str
 
 
+@dataclass(frozen=True, slots=True)
 class Ingress:
     """What sending needs from the runtime: the durable writer, and whether a sender is served."""
 
-    def __init__(self, store: Any, serves: Any, max_size: int, max_recipients: int, clock: Any) -> None:
-        self.store = store
-        self.serves = serves
-        self.max_size = max_size
-        self.max_recipients = max_recipients
-        self.clock = clock
+    store: Callable[[NewMessage], Awaitable[None]]
+    serves: Callable[[str], bool]
+    max_size: int
+    max_recipients: int
+    clock: Clock
 
 
 def _mime(body: SendIn) -> bytes:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ..clock import Clock
 from ..config import Settings
 from ..limits import Limit, Usage
 from ..pools import LoadBalancer
 from ..store import AuditLog, MessageQueue, Messages, PoolTables, SelectionLog
+from .messages import Ingress
 
 __all__ = ["ApiServices"]
 
@@ -29,4 +29,4 @@ class ApiServices:
     audit: AuditLog
     messages: Messages
     queue: MessageQueue
-    ingress: Any = None  # messages.Ingress: sending through the API
+    ingress: Ingress | None = None  # sending through the API

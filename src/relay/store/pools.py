@@ -49,43 +49,29 @@ class PoolTables:
 
     async def replace(self, pools: Sequence[PoolRow]) -> None:
         """Upsert each pool and make its members exactly `members`; pools not given are left alone."""
-        now = to_db(self._clock.now())
-        for tries_left in reversed(range(3)):
-            try:
-                async with self._db.begin() as connection:
-                    for pool in pools:
-                        await _upsert_pool(connection, pool, now)
-                        await _replace_members(connection, pool)
-                return
-            except IntegrityError:
-                # Another process inserted the same new pool or member first; once it has committed,
-                # the next try updates its rows instead.
-                if not tries_left:
-                    raise
+        await self._write(pools, keep_api_managed=False)
 
     async def sync_file(self, pools: Sequence[PoolRow]) -> list[str]:
         """Write the config file's pools, except those the API has taken over (`managed_by = "api"`): the
         database is the source of truth once a pool was changed there. Returns the ids left alone."""
+        return await self._write(pools, keep_api_managed=True)
+
+    async def _write(self, pools: Sequence[PoolRow], *, keep_api_managed: bool) -> list[str]:
         now = to_db(self._clock.now())
-        ids = [p.id for p in pools]
+        table = load_balancing_pools
+        owned_query = sa.select(table.c.id).where(table.c.id.in_([p.id for p in pools]), table.c.managed_by == "api")
         for tries_left in reversed(range(3)):
             try:
                 async with self._db.begin() as connection:
-                    owned = set(
-                        (
-                            await connection.execute(
-                                sa.select(load_balancing_pools.c.id).where(
-                                    load_balancing_pools.c.id.in_(ids), load_balancing_pools.c.managed_by == "api"
-                                )
-                            )
-                        ).scalars()
-                    )
+                    owned = set((await connection.execute(owned_query)).scalars()) if keep_api_managed else set()
                     for pool in pools:
                         if pool.id not in owned:
                             await _upsert_pool(connection, pool, now)
                             await _replace_members(connection, pool)
                 return sorted(owned)
             except IntegrityError:
+                # Another process inserted the same new pool or member first; once it has committed,
+                # the next try updates its rows instead.
                 if not tries_left:
                     raise
         raise AssertionError("unreachable")
