@@ -1,5 +1,6 @@
 """Provider credentials and API keys appear in no API response and no log line, through a whole flow: mail
-delivered through an upstream that needs a password, every read endpoint, a pool write and a rollback."""
+delivered through an upstream that needs a password, every read endpoint, pool and workspace writes and their
+rollbacks."""
 
 from __future__ import annotations
 
@@ -48,19 +49,35 @@ async def test_no_secret_leaves_the_process(sqlite_url: str, tmp_path: Path) -> 
                         "/api/v1/messages",
                         f"/api/v1/messages/{ids[0]}",
                         "/api/v1/audit",
+                        "/api/v1/workspaces",
+                        "/api/v1/workspaces/up",
                     ):
                         answer = await api.get(path, headers=headers)
                         assert answer.status_code == 200, (path, answer.text)
                         bodies.append(answer.text)
                     changed = await api.put("/api/v1/pools/invite/workspaces/up", json={"weight": 2}, headers=headers)
                     bodies.append(changed.text)
-                    [entry] = (await api.get("/api/v1/audit", headers=headers)).json()
+                    [entry] = (await api.get("/api/v1/audit?target_type=pool", headers=headers)).json()
                     bodies.append((await api.post(f"/api/v1/audit/{entry['id']}/rollback", headers=headers)).text)
+                    # A workspace read, edited and written back: the masked password keeps the stored one.
+                    shown = (await api.get("/api/v1/workspaces/up", headers=headers)).json()["definition"]
+                    assert shown["smtp"]["password"] == "********"
+                    edited = {**shown, "display_name": "Upstream, renamed"}
+                    written = await api.put("/api/v1/workspaces/up", json=edited, headers=headers)
+                    assert written.status_code == 200, written.text
+                    bodies.append(written.text)
+                    [entry] = (await api.get("/api/v1/audit?target_type=workspace", headers=headers)).json()[:1]
+                    assert entry["before"]["smtp"]["password"] == "********"
+                    bodies.append((await api.get("/api/v1/audit", headers=headers)).text)
+                    bodies.append((await api.post(f"/api/v1/audit/{entry['id']}/rollback", headers=headers)).text)
+                    # Still delivering with the password it kept through both writes.
+                    await submit_many(relay, "brian@invite.com", 1, tag="after-edit")
+                    await wait_for_statuses(relay, {"sent": 4})
                     bodies.append((await api.post("/api/v1/pools/invite/test", headers=headers, json={})).text)
                     bodies.append((await api.get("/api/v1/pools", headers={"Authorization": "Bearer wrong"})).text)
             finally:
                 await relay.stop()
-        assert len(upstream.received()) == 3
+        assert len(upstream.received()) == 4
     everything = json.dumps(bodies) + json.dumps([str(e) for e in logs])
     assert UPSTREAM_PASSWORD not in everything
     assert ADMIN_KEY not in everything

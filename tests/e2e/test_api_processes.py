@@ -1,5 +1,5 @@
-"""Issue 7 acceptance: weights changed through the API while mail flows shift the distribution within a second
-in both of two `relay serve` processes sharing PostgreSQL."""
+"""Issue 7 acceptance: changes made through the API of one `relay serve` process take effect within a second in
+both of two processes sharing PostgreSQL (and Redis, whose notices make the other look at once)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_pool_reload import MEMBERS, delivered, events, submit, used
+from tests.e2e.test_pool_reload import MEMBERS, delivered, events, submit, try_submit, used
 from tests.support.net import free_port, wait_for
 from tests.support.relay import RelayProcess, config, sandbox_workspace
-from tests.support.services import fresh_database
+from tests.support.services import fresh_database, require_redis
 
 ADMIN = "admin-key-e2e-3f9a"
 
@@ -77,3 +77,45 @@ def _ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["poll", "redis-notice"])
+def test_a_workspace_created_through_the_api_takes_mail_in_both_processes(
+    tmp_path: Path, processes: list[RelayProcess], with_redis: bool
+) -> None:
+    """The database is the source of truth for workspaces: one created through relay-a's API is adopted by relay-b
+    within a second — by its poll, or at once by a Redis notice — and relay-b delivers through it."""
+    redis = {"redis_url": require_redis()} if with_redis else {}
+    with fresh_database("postgresql", tmp_path) as url:
+        workspaces = [sandbox_workspace(ws, [f"{ws}.test"], tmp_path / f"outbox-{ws}") for ws in MEMBERS]
+        for name in ("relay-a", "relay-b"):
+            data = config(
+                url,
+                workspaces,
+                http={"port": free_port(), "api_keys": [{"name": "ops", "key": ADMIN, "role": "admin"}]},
+                log_format="json",
+                instance_name=name,
+                **redis,
+            )
+            processes.append(RelayProcess(data, tmp_path, name=name).start())
+        try:
+            api_port = processes[0].data["http"]["port"]
+            wait_for(lambda: _ready(api_port), timeout=10, what="the HTTP API")
+            assert try_submit(processes[1].smtp_port, "brian@new.test") is None  # no route yet: 550
+            created_at = time.monotonic()
+            answer = httpx.post(
+                f"http://127.0.0.1:{api_port}/api/v1/workspaces",
+                json=sandbox_workspace("ws-new", ["new.test"], tmp_path / "outbox-new"),
+                headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=10,
+            )
+            assert answer.status_code == 201, answer.text
+            [applied] = wait_for(lambda: events(processes[1], "config.applied"), timeout=5, what="relay-b follows")
+            assert time.monotonic() - created_at < 1.5
+            assert applied["trigger"] == ("notice" if with_redis else "poll")
+            queued = try_submit(processes[1].smtp_port, "brian@new.test")
+            assert queued is not None
+            wait_for(lambda: (tmp_path / "outbox-new" / f"{queued}.eml").exists(), timeout=15, what="delivery")
+        finally:
+            for relay in processes:
+                relay.stop()

@@ -13,6 +13,7 @@ from .messages import messages_router
 from .pool_writes import pool_writes_router
 from .pools import pools_router
 from .services import ApiServices
+from .workspaces import workspaces_router
 
 __all__ = ["create_app"]
 
@@ -42,5 +43,6 @@ def create_app(
         keys = keys or ApiKeys(())
         app.include_router(pools_router(services, keys))
         app.include_router(pool_writes_router(services, keys))
+        app.include_router(workspaces_router(services, keys))
         app.include_router(messages_router(services.messages, services.queue, keys, services.ingress))
     return app

@@ -1,5 +1,5 @@
-"""`/api/v1/messages` (issue 7): search and read messages with their attempts and routing decisions; cancel a
-waiting one (operator).
+"""`/api/v1/messages` (issue 7): search and read messages with their attempts and routing decisions; send, resend
+or cancel one (operator).
 
 No `from __future__ import annotations`: FastAPI reads these annotations at definition time (see pools.py).
 """
@@ -26,6 +26,7 @@ from .errors import ERROR_RESPONSES, ApiError
 __all__ = ["messages_router"]
 
 Status = Literal["queued", "sending", "deferred", "sent", "failed"]
+_NOT_STORED = "the message could not be stored; nothing was queued, try again"
 
 
 class MessageOut(BaseModel):
@@ -40,6 +41,7 @@ class MessageOut(BaseModel):
     metadata: dict[str, Any]
     size: int
     created_at: datetime
+    resent_from: str | None = Field(description="the message this one is a copy of (a resend); null otherwise")
 
 
 class AttemptOut(BaseModel):
@@ -116,6 +118,12 @@ class Ingress:
     clock: Clock
 
 
+def _require_served(ingress: Ingress, sender: str) -> None:
+    """Refuse a sender no workspace or pool serves: nothing would deliver its mail."""
+    if not ingress.serves(sender):
+        raise ApiError(422, f"no workspace or pool serves the sender {sender}", field="from")
+
+
 def _mime(body: SendIn) -> bytes:
     if body.raw is not None:
         if body.subject is not None or body.text is not None or body.html is not None:
@@ -169,15 +177,18 @@ def messages_router(
         )
         return [MessageOut(**_message(m)) for m in found]
 
-    @router.get("/messages/{message_id}", tags=["messages"])
-    async def get(message_id: str, _caller: Viewer) -> MessageDetailOut:
-        """A message with every attempt: workspace, pool, the sender used, the provider's answer, and the routing
-        decision's evidence (strategy, every member's score, exclusions, failover, fallback)."""
+    async def detail(message_id: str) -> MessageDetailOut:
         view = await messages.get(message_id)
         if view is None:
             raise ApiError(404, f'no message "{message_id}"')
         attempts = [_attempt(a) for a in await messages.attempts(message_id)]
         return MessageDetailOut(**_message(view), attempts_detail=attempts)
+
+    @router.get("/messages/{message_id}", tags=["messages"])
+    async def get(message_id: str, _caller: Viewer) -> MessageDetailOut:
+        """A message with every attempt: workspace, pool, the sender used, the provider's answer, and the routing
+        decision's evidence (strategy, every member's score, exclusions, failover, fallback)."""
+        return await detail(message_id)
 
     @router.post("/messages/{message_id}/cancel", tags=["messages"])
     async def cancel(message_id: str, caller: Operator) -> MessageOut:
@@ -208,8 +219,7 @@ def messages_router(
                 if first is not None:
                     response.status_code = 200
                     return SentOut(id=first, status="duplicate")
-            if not ingress.serves(body.from_):
-                raise ApiError(422, f"no workspace or pool serves the sender {body.from_}", field="from")
+            _require_served(ingress, body.from_)
             if len(body.to) > ingress.max_recipients:
                 raise ApiError(422, f"at most {ingress.max_recipients} recipients", field="to")
             raw = _mime(body)
@@ -236,7 +246,32 @@ def messages_router(
                 response.status_code = 200
                 return SentOut(id=first, status="duplicate")
             except StoreError:
-                raise ApiError(503, "the message could not be stored; nothing was queued, try again") from None
+                raise ApiError(503, _NOT_STORED) from None
             return SentOut(id=message.id, status="queued")
+
+        @router.post("/messages/{message_id}/resend", status_code=202, tags=["messages"])
+        async def resend(message_id: str, caller: Operator) -> MessageDetailOut:
+            """Queue a new copy of a message in any status: the same bytes, sender, every recipient and metadata,
+            with `resent_from` naming the original. The original and its history are left as they are."""
+            original, raw = await messages.get(message_id), await messages.raw(message_id)
+            if original is None or raw is None:
+                raise ApiError(404, f'no message "{message_id}"')
+            _require_served(ingress, original.mail_from)
+            copy = NewMessage(
+                id=new_message_id(),
+                mail_from=original.mail_from,
+                rcpt_to=original.rcpt_to,
+                raw=raw,
+                received_at=ingress.clock.now(),
+                metadata=original.metadata,
+                source="http",
+                authenticated_user=caller.name,
+                resent_from=original.id,
+            )
+            try:
+                await ingress.store(copy)  # the send's durable path: the delivery worker is woken on commit
+            except StoreError:
+                raise ApiError(503, _NOT_STORED) from None
+            return await detail(copy.id)
 
     return router

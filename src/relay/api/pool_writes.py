@@ -7,6 +7,7 @@ here is API-managed: a SIGHUP no longer overwrites it from the file.
 No `from __future__ import annotations`: FastAPI reads these annotations at definition time (see pools.py).
 """
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Response
@@ -14,6 +15,8 @@ from pydantic import BaseModel, Field
 
 from ..config import Pool, PoolMember
 from ..config.checks import cross_checks
+from ..config.documents import redact
+from ..errors import ConfigError
 from ..store import AuditEntry, PoolMemberRow, PoolRow, pool_document
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
@@ -179,15 +182,17 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
     @router.post("/audit/{entry_id}/rollback", tags=["audit"])
     async def rollback(entry_id: int, caller: Admin) -> AuditOut:
-        """Restore what audit entry `entry_id` changed to how it was before; the rollback is audited too."""
+        """Restore what audit entry `entry_id` changed (a pool or a workspace) to how it was before, checked like
+        any change; the rollback is audited too."""
         entry = await services.audit.get(entry_id)
         if entry is None:
             raise ApiError(404, f"no audit entry {entry_id}")
-        if entry.target_type != "pool":
-            raise ApiError(409, f"audit entry {entry_id} changed a {entry.target_type}; only pools roll back yet")
-        await services.pool_tables.rollback(entry, actor=caller.name)
+        try:
+            await services.config.rollback(entry, actor=caller.name)
+        except ConfigError as exc:
+            raise ApiError(409, "cannot roll back: " + "; ".join(str(p) for p in exc.problems)) from None
         await services.refresh_pools()
-        [done] = await services.audit.entries(target_type="pool", target_id=entry.target_id, limit=1)
+        [done] = await services.audit.entries(target_type=entry.target_type, target_id=entry.target_id, limit=1)
         return _audit_out(done)
 
     @router.get("/audit", tags=["audit"])
@@ -203,6 +208,12 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
 
 def _audit_out(e: AuditEntry) -> AuditOut:
+    if e.target_type == "workspace":  # secrets stay in the database: shown masked, restored by a rollback
+        e = dataclasses.replace(
+            e,
+            before=redact(e.before) if e.before is not None else None,
+            after=redact(e.after) if e.after is not None else None,
+        )
     return AuditOut(
         id=e.id,
         at=e.at.isoformat(),

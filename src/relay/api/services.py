@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..clock import Clock
 from ..config import Settings
 from ..limits import Limit, Usage
-from ..pools import LoadBalancer
+from ..pools import ConfigStore, LoadBalancer
 from ..store import AuditLog, MessageQueue, Messages, PoolTables, SelectionLog
 from .messages import Ingress
 
@@ -29,4 +29,5 @@ class ApiServices:
     audit: AuditLog
     messages: Messages
     queue: MessageQueue
+    config: ConfigStore
     ingress: Ingress | None = None  # sending through the API

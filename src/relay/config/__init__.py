@@ -2,7 +2,7 @@
 
 from .checks import MAX_POOL_MEMBERS, MAX_POOLS
 from .domains import normalize_domain, normalize_pattern
-from .loader import json_path, load_settings
+from .loader import json_path, load_settings, validation_problems
 from .models import (
     ApiKey,
     DeliverySettings,
@@ -61,4 +61,5 @@ __all__ = [
     "load_settings",
     "normalize_domain",
     "normalize_pattern",
+    "validation_problems",
 ]

@@ -13,7 +13,7 @@ from ..errors import ConfigError, Problem
 from .checks import cross_checks
 from .settings import Settings
 
-__all__ = ["json_path", "load_settings"]
+__all__ = ["json_path", "load_settings", "validation_problems"]
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -56,12 +56,17 @@ def json_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _problem(error: Any) -> Problem:
+def validation_problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[Problem]:
+    """One `Problem` per error of `exc`, its path under `prefix`."""
+    return [_problem(error, prefix) for error in exc.errors()]
+
+
+def _problem(error: Any, under: tuple[int | str, ...] = ()) -> Problem:
     message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
+    for noise in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(noise)
     if error["type"] == "extra_forbidden":
         message = "unknown field"
     elif error["type"] == "missing":
         message = "required field is missing"
-    return Problem(json_path(tuple(error["loc"])), message)
+    return Problem(json_path((*under, *error["loc"])), message)

@@ -4,7 +4,10 @@ PRD's `LoadBalancer` that turns them into one decision per message. I/O lives he
 
 from .capacity import CapacityView, LimitPolicy
 from .catalog import PoolCatalog, PoolView, config_rows
+from .changes import ChangeNotices
 from .checks import HealthChecker, breaker_settings, log_breaker_change
+from .config_store import ConfigStore, Current, pool_model, pool_row
+from .definitions import WorkspaceDefinitions
 from .health import HealthState, HealthView, WorkspaceHealth
 from .load_balancer import ALREADY_TRIED, RESERVATION_REFUSED, Decision, LoadBalancer, MemberReport, PoolStatus
 
@@ -12,6 +15,9 @@ __all__ = [
     "ALREADY_TRIED",
     "RESERVATION_REFUSED",
     "CapacityView",
+    "ChangeNotices",
+    "ConfigStore",
+    "Current",
     "Decision",
     "HealthChecker",
     "HealthState",
@@ -22,8 +28,11 @@ __all__ = [
     "PoolCatalog",
     "PoolStatus",
     "PoolView",
+    "WorkspaceDefinitions",
     "WorkspaceHealth",
     "breaker_settings",
     "config_rows",
     "log_breaker_change",
+    "pool_model",
+    "pool_row",
 ]

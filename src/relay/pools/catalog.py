@@ -114,7 +114,8 @@ class PoolCatalog:
         self._install(config_rows(self._settings))
 
     async def apply(self, settings: Settings) -> None:
-        """Adopt `settings` (start-up, SIGHUP): write its pools to the tables, then read everything back.
+        """Adopt `settings` (start-up, SIGHUP, a workspace changed): write its pools to the tables, then read
+        everything back.
 
         Nothing changes unless the write succeeds. Serialised with `refresh`, so a refresh that read the tables
         before this write cannot put the old pools back after it.
@@ -129,14 +130,22 @@ class PoolCatalog:
                         reason="changed through the API since; the database is the source of truth "
                         "(change the file to match, or delete the pool through the API to hand it back to the file)",
                     )
-            self._settings = settings
-            self._workspaces = {w.id: w for w in settings.workspaces}
-            self.rewriting = _rewriting(settings)
-            if self._tables is None:
-                self._install(config_rows(settings))
-                return
-            self._rows = None  # force a rebuild: workspace settings may have changed even if the rows did not
-            await self._refresh_locked()
+            await self._use_locked(settings)
+
+    async def use(self, settings: Settings) -> None:
+        """Route by `settings`' workspaces and the tables' pools without writing anything (dry runs)."""
+        async with self._lock:
+            await self._use_locked(settings)
+
+    async def _use_locked(self, settings: Settings) -> None:
+        self._settings = settings
+        self._workspaces = {w.id: w for w in settings.workspaces}
+        self.rewriting = _rewriting(settings)
+        if self._tables is None:
+            self._install(config_rows(settings))
+            return
+        self._rows = None  # force a rebuild: workspace settings may have changed even if the rows did not
+        await self._refresh_locked()
 
     async def refresh(self) -> bool:
         """Re-read the tables; True when the pools changed."""

@@ -19,9 +19,11 @@ from .types import (
     Transition,
     WorkspaceState,
 )
+from .workspace_defs import FILE_ACTOR, WorkspaceDefinition, WorkspaceTables
 from .workspaces import WorkspaceStates
 
 __all__ = [
+    "FILE_ACTOR",
     "AttemptRecord",
     "AttemptView",
     "AuditEntry",
@@ -45,8 +47,10 @@ __all__ = [
     "SelectionView",
     "Sent",
     "Transition",
+    "WorkspaceDefinition",
     "WorkspaceState",
     "WorkspaceStates",
+    "WorkspaceTables",
     "async_url",
     "new_message_id",
     "pool_document",

@@ -157,6 +157,7 @@ def _row(message: NewMessage) -> dict[str, Any]:
         "authenticated_user": message.authenticated_user,
         "created_at": received,
         "updated_at": received,
+        "resent_from": message.resent_from,
     }
 
 

@@ -28,6 +28,7 @@ class MessageView:
     metadata: dict[str, Any]
     size: int
     created_at: datetime
+    resent_from: str | None = None  # the message this one is a copy of (a resend), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,4 +202,5 @@ def _view(row: sa.Row[Any]) -> MessageView:
         metadata=m["metadata"],
         size=m["size"],
         created_at=from_db(m["created_at"]),
+        resent_from=m["resent_from"],
     )

@@ -38,6 +38,7 @@ class PoolRow:
     enabled: bool
     members: tuple[PoolMemberRow, ...]
     max_failover_attempts: int | None = None
+    managed_by: str = "file"  # or "api": see `sync_file`
 
 
 class PoolTables:
@@ -133,6 +134,7 @@ class PoolTables:
                 enabled=bool(p.enabled),
                 members=tuple(by_pool.get(p.id, ())),
                 max_failover_attempts=p.max_failover_attempts,
+                managed_by=p.managed_by,
             )
             for p in pools
         ]

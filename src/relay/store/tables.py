@@ -53,6 +53,8 @@ messages = sa.Table(
     sa.Column("authenticated_user", sa.String(255), nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # The message this one is a copy of (`POST /api/v1/messages/{id}/resend`).
+    sa.Column("resent_from", sa.String(26), nullable=True),
     sa.Index("ix_messages_next_attempt_at", "next_attempt_at"),
     sa.Index("ix_messages_status", "status"),
 )
@@ -90,6 +92,15 @@ workspaces = sa.Table(
     sa.Column("state_reason", sa.Text, nullable=True),
     sa.Column("state_changed_at", Timestamp, nullable=False),
     sa.Column("recheck_at", Timestamp, nullable=True),
+    # The workspace's definition (the config file's workspace object; secrets as given: a literal, or an
+    # `env:NAME` reference resolved by each process). NULL: not defined, only state is kept.
+    sa.Column("definition", sa.JSON(none_as_null=True), nullable=True),
+    # "file": written from the config file at start and on SIGHUP; "api": created or changed through the API
+    # or `relay config apply`, and from then on left alone by the file.
+    sa.Column("managed_by", sa.String(16), nullable=True),
+    # Incremented on every change of the definition: each process polls (id, version) to follow changes.
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("defined_at", Timestamp, nullable=True),
 )
 
 # The PRD's TR4 tables. Strategy names are checked by a named CHECK constraint rather than a native ENUM,

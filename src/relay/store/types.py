@@ -35,6 +35,7 @@ class NewMessage:
     client_address: str | None = None
     authenticated_user: str | None = None
     idempotency_key: str | None = None  # API sends: a repeated key within 24 h is the same message
+    resent_from: str | None = None  # a resend: the id of the message this one copies
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,28 +17,30 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from .api import ApiKeys, ApiServices, create_app
-from .api.messages import Ingress
-from .clock import Clock, SystemClock
-from .config import HealthSettings, Settings, SmtpSettings
-from .config.reload import header_rewrites, restart_required
-from .delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
-from .health import Breakers, BreakerSettings, BreakerStore, MemoryBreakerStore, RedisBreakerStore
-from .limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
-from .limits.policy import cost_of, limits_for
-from .pools import (
+from ..api import ApiKeys, ApiServices, create_app
+from ..api.messages import Ingress
+from ..clock import Clock, SystemClock
+from ..config import HealthSettings, RateLimits, Settings, SmtpSettings, Workspace
+from ..delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
+from ..health import Breakers, BreakerSettings, BreakerStore, MemoryBreakerStore, RedisBreakerStore
+from ..limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
+from ..limits.policy import cost_of, limits_for
+from ..pools import (
     CapacityView,
+    ChangeNotices,
+    ConfigStore,
     HealthChecker,
     HealthView,
     LoadBalancer,
     PoolCatalog,
+    WorkspaceDefinitions,
     breaker_settings,
     log_breaker_change,
 )
-from .providers import Outcome, Provider, ProviderContext, build_provider
-from .routing import Router
-from .smtp import NetworkPolicy, RelayHandler, start_smtp_server
-from .store import (
+from ..providers import Outcome, Provider, ProviderContext, build_provider
+from ..routing import Router
+from ..smtp import NetworkPolicy, RelayHandler, start_smtp_server
+from ..store import (
     AuditLog,
     CountedSend,
     Database,
@@ -49,7 +51,9 @@ from .store import (
     PoolTables,
     SelectionLog,
     WorkspaceStates,
+    WorkspaceTables,
 )
+from .live import LiveConfig
 
 __all__ = ["Relay"]
 
@@ -68,7 +72,6 @@ class Relay:
     def __init__(
         self, settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None, http: bool = True
     ) -> None:
-        self.settings = settings
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.owner = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -82,12 +85,10 @@ class Relay:
             RedisLimits(settings.redis_url, clock=self.clock) if settings.redis_url else MemoryLimits(self.clock)
         )
         self._counts_restored = False
-        self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
-        self._header_rewrites = header_rewrites(settings)
-        self._retired: list[Provider] = []  # replaced by a reload, closed once their sends are done
         self.router = Router(settings, pools=())
         self.pool_tables = PoolTables(self.db, self.clock)
         self.pools = PoolCatalog(settings, self.pool_tables, self.router)
+        self.workspace_tables = WorkspaceTables(self.db, self.clock)
         breaker_store: BreakerStore = (
             RedisBreakerStore(settings.redis_url) if settings.redis_url else MemoryBreakerStore()
         )
@@ -109,10 +110,26 @@ class Relay:
             rng=self.rng,
             selections=self.selections,
         )
+        self.live = LiveConfig(
+            settings,
+            definitions=WorkspaceDefinitions(self.workspace_tables, self.pool_tables),
+            pools=self.pools,
+            router=self.router,
+            health=self.health,
+            checker=self.checker,
+            providers=self.providers,
+            provider_context=lambda: ProviderContext(rng=self.rng, clock=self.clock),
+            notices=ChangeNotices(settings.redis_url, sender=self.owner),
+        )
         self.worker: DeliveryWorker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._smtp: asyncio.Server | None = None
         self._http: _HttpServer | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration this process runs by now: the file's, with the database's workspaces and pools."""
+        return self.live.settings
 
     @property
     def smtp_address(self) -> tuple[str, int]:
@@ -122,10 +139,9 @@ class Relay:
         return host, port
 
     async def start(self) -> None:
-        s = self.settings
-        context = ProviderContext(rng=self.rng, clock=self.clock)
-        self.providers.update({w.id: build_provider(w, context) for w in s.workspaces if w.provider.enabled})
         await self.db.upgrade()
+        await self.live.start()  # the workspaces and pools the database holds (seeded from the file)
+        s = self.settings
         if s.instance_name:
             released = await self.queue.release_leases(s.instance_name)
             if released:
@@ -138,9 +154,9 @@ class Relay:
                     reason="without redis_url each process counts alone; several "
                     "processes on one database would together send up to N times each limit",
                 )
-        await self.pools.apply(s)
         self.selections.start()
-        self._tasks.append(asyncio.create_task(self._follow_pools(), name="relay-pools"))
+        self._tasks.append(asyncio.create_task(self.live.follow(), name="relay-config"))
+        self._tasks.append(asyncio.create_task(self.live.notices.listen(self.live.wake), name="relay-config-notices"))
         self._tasks.append(asyncio.create_task(self.checker.run(), name="relay-health"))
         router = self.router
         self.ingest.start()
@@ -153,7 +169,7 @@ class Relay:
             providers=self.providers,
             policy=RetryPolicy.from_settings(s.delivery.retry),
             gate=CapacityGate(self.limits, self._limits_for_send),
-            header_rewrites=self._header_rewrites,
+            header_rewrites=self.live.header_rewrites,
             owner=self.owner,
             concurrency=s.delivery.concurrency,
             lease_seconds=s.delivery.lease_seconds,
@@ -195,74 +211,13 @@ class Relay:
         probe_timeout = self.settings.delivery.send_timeout_seconds + 10.0
         return breaker_settings(workspace.health if workspace is not None else HealthSettings(), probe_timeout)
 
-    async def _follow_pools(self, interval: float = 1.0) -> None:
-        """Pick up pool changes made in the database (by another process, the API, SQL) within `interval`."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.pools.refresh()
-            except Exception as exc:  # the database is away: keep routing by the pools we have
-                log.warning("pools.refresh_failed", error=f"{type(exc).__name__}: {exc}")
-
     async def reload(self, settings: Settings) -> list[str]:
-        """Apply a re-read config file without a restart (SIGHUP). Pools, membership, weights, strategies,
-        `load_balancing`, `rate_limits`, domains and `fallback_workspace` take effect at once. Changes that need
-        new connections or listeners are refused as a whole, and returned (nothing is applied then)."""
-        needs_restart = restart_required(self.settings, settings)
-        if needs_restart:
-            log.error("config.reload_refused", restart_required=needs_restart)
-            return needs_restart
-        await self.pools.apply(settings)  # first: if writing the pools fails, nothing has changed
-        previous, self.settings = self.settings, settings
-        self._rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
-        changed = self._swap_providers(previous, settings)
-        self.router.update(settings)
-        self.health.track([w.id for w in settings.workspaces])
-        for workspace_id in changed:
-            self.checker.check_soon(workspace_id)  # new credentials: learn at once whether they work
-        log.info(
-            "config.reloaded",
-            pools=len(self.pools.pools),
-            workspaces=len(settings.workspaces),
-            providers_rebuilt=changed or None,
-        )
-        return []
-
-    def _swap_providers(self, old: Settings, new: Settings) -> list[str]:
-        """Rebuild the providers whose section changed (new credentials, a new base_url, enabled or not). Sends in
-        flight keep the old client; it is closed once they have had the send timeout to finish."""
-        before = {w.id: w for w in old.workspaces}
-        context = ProviderContext(rng=self.rng, clock=self.clock)
-        changed: list[str] = []
-        retired: list[Provider] = []
-        for workspace in new.workspaces:
-            previous = before.get(workspace.id)
-            if previous is None or previous.provider == workspace.provider:
-                continue
-            changed.append(workspace.id)
-            old_provider = self.providers.pop(workspace.id, None)
-            if old_provider is not None:
-                retired.append(old_provider)
-            if workspace.provider.enabled:
-                self.providers[workspace.id] = build_provider(workspace, context)
-        self._header_rewrites.clear()
-        self._header_rewrites.update(header_rewrites(new))
-        if retired:
-            self._retired.extend(retired)
-            self._tasks.append(asyncio.create_task(self._retire(retired), name="relay-retire-providers"))
-        return changed
-
-    async def _retire(self, providers: list[Provider]) -> None:
-        # Sends pick the current provider right before sending, so the last one on a retired client started before
-        # the swap and ends within the send timeout.
-        await asyncio.sleep(self.settings.delivery.send_timeout_seconds + 5.0)
-        for provider in providers:
-            self._retired.remove(provider)
-            with contextlib.suppress(Exception):
-                await provider.aclose()
+        """Apply a re-read config file without a restart (SIGHUP); see `LiveConfig.reload`."""
+        return await self.live.reload(settings)
 
     def _limits_for_send(self, workspace_id: str, sender: str, recipients: int) -> tuple[list[Limit], int]:
-        rate_limits = self._rate_limits[workspace_id]
+        # A workspace removed while its send was in flight is still counted, by the defaults.
+        rate_limits = self.live.rate_limits.get(workspace_id) or RateLimits()
         cost = cost_of(rate_limits, recipients)
         return limits_for(workspace_id, rate_limits, sender, self.settings.default_per_user_daily, cost), cost
 
@@ -296,11 +251,14 @@ class Relay:
         Returns where the pools came from: the database, or the config file when the database has none yet.
         """
         try:
+            if await self.workspace_tables.versions():
+                await self.live.inspect()  # the database's workspaces, first: their counters are restored next
+            else:
+                await self.pools.refresh()
             sends = await self._recent_sends()
             if isinstance(self.limits, MemoryLimits):
                 await self._restore_counts(self.limits, sends)
             await self.health.refresh(force=True)
-            await self.pools.refresh()
         except sa.exc.DBAPIError as exc:
             log.debug("pools.inspect_without_tables", error=type(exc).__name__)
             self.pools.use_config()
@@ -321,7 +279,7 @@ class Relay:
         self._counts_restored = True
         restored = 0
         for send in sends:
-            if send.workspace_id not in self._rate_limits:
+            if send.workspace_id not in self.live.rate_limits:
                 continue
             answer = Outcome(send.outcome, send.provider_status)  # type: ignore[arg-type]
             if certainly_refused(answer, send.provider_kind or ""):
@@ -366,6 +324,7 @@ class Relay:
 
     def api_app(self) -> FastAPI:
         """The HTTP app with the `/api/v1` routers over this process's parts."""
+        audit = AuditLog(self.db)
         services = ApiServices(
             balancer=self.balancer,
             selections=self.selections,
@@ -373,8 +332,15 @@ class Relay:
             settings=lambda: self.settings,
             clock=self.clock,
             pool_tables=self.pool_tables,
-            refresh_pools=self.pools.refresh,
-            audit=AuditLog(self.db),
+            refresh_pools=self._refresh_after_write,
+            config=ConfigStore(
+                self.pool_tables,
+                self.workspace_tables,
+                audit,
+                lambda: self.live.file_settings,
+                provider_check=self._check_provider,
+            ),
+            audit=audit,
             messages=Messages(self.db),
             queue=self.queue,
             ingress=Ingress(
@@ -387,6 +353,14 @@ class Relay:
         )
         keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
         return create_app(self.readiness, services, keys)
+
+    async def _check_provider(self, workspace: Workspace) -> None:
+        provider = build_provider(workspace, ProviderContext(rng=self.rng, clock=self.clock))
+        await provider.aclose()
+
+    async def _refresh_after_write(self) -> bool:
+        await self.live.changed_here("api")
+        return True
 
     async def _store_and_notify(self, message: NewMessage) -> None:
         await self.ingest.store(message)  # on_commit wakes the delivery worker
@@ -416,13 +390,15 @@ class Relay:
         if self.worker is not None:
             self.worker.stop()  # sends in flight finish and are recorded; unstarted claims are given back
         for task in self._tasks:
-            if task.get_name() in ("relay-pools", "relay-retire-providers", "relay-health"):
+            if task.get_name() in ("relay-config", "relay-config-notices", "relay-health"):
                 task.cancel()
         self.checker.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.selections.stop()  # the decisions still buffered
-        for provider in [*self.providers.values(), *self._retired]:
+        with contextlib.suppress(Exception):
+            await self.live.aclose()
+        for provider in [*self.providers.values(), *self.live.retired]:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         with contextlib.suppress(Exception):

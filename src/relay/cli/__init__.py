@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .config import Settings, load_settings
-from .errors import ConfigError, ProviderError, RelayError
-from .logs import configure_logging
+from ..config import Settings, load_settings
+from ..errors import ConfigError, ProviderError, RelayError
+from ..logs import configure_logging
 
 app = typer.Typer(
     help="Relay: an SMTP relay that delivers through several provider workspaces.",
@@ -56,7 +56,7 @@ def serve(config: ConfigOption = None) -> None:
     """Run SMTP, the HTTP API and the delivery workers in one process."""
     settings = _load(config)
     configure_logging(settings.log_level, settings.log_format)
-    from .runtime import Relay
+    from ..runtime import Relay
 
     async def main() -> None:
         relay: Relay | None = None
@@ -141,29 +141,31 @@ def limits_show(
     """Print each limit with what is used, what remains and when capacity returns."""
     settings = _load(config)
     configure_logging("error", settings.log_format)
-    if workspace is not None and settings.workspace(workspace) is None:
-        typer.echo(f'unknown workspace "{workspace}"', err=True)
-        raise typer.Exit(1)
     from rich.console import Console
     from rich.table import Table
 
-    from .runtime import Relay
+    from ..runtime import Relay
 
-    async def main() -> list[tuple[str, Any, Any]]:
+    async def main() -> list[tuple[str, Any, Any]] | None:
         relay = Relay(settings, http=False)
         try:
+            await relay.open_for_inspection()  # workspaces defined in the database count too
+            if workspace is not None and relay.settings.workspace(workspace) is None:
+                return None
             return list(await relay.capacity_report(workspace, sender))
         finally:
             await relay.db.dispose()
             await relay.limits.aclose()
 
     try:
-        rows: list[tuple[str, Any, Any]] = []
         with asyncio.Runner() as runner:
             rows = runner.run(main())
     except Exception as exc:
         typer.echo(f"relay: cannot read limits: {_start_failure(exc)}", err=True)
         raise typer.Exit(1) from None
+    if rows is None:
+        typer.echo(f'unknown workspace "{workspace}"', err=True)
+        raise typer.Exit(1)
     table = Table("workspace", "limit", "kind", "max", "used", "remaining", "next capacity in", "full reset in")
     for workspace_id, limit, usage in rows:
         table.add_row(
@@ -196,7 +198,7 @@ def pools_test(
     from rich.console import Console
     from rich.table import Table
 
-    from .runtime import Relay
+    from ..runtime import Relay
 
     async def main() -> tuple[str, Any, Any, dict[str, int]]:
         relay = Relay(settings, http=False)
@@ -295,52 +297,11 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-@config_app.command("check")
-def config_check(file: Annotated[Path, typer.Argument(help="JSON config file")]) -> None:
-    """Validate a config file; print one line per problem with its JSON path."""
-    settings = _load(file)
-    typer.echo(f"{file}: ok ({len(settings.workspaces)} workspaces, {len(settings.load_balancing_pools)} pools)")
-
-
-@config_app.command("rollback")
-def config_rollback(
-    entry: Annotated[int, typer.Argument(help="audit entry id (GET /api/v1/audit)")],
-    config: ConfigOption = None,
-) -> None:
-    """Restore what an audit entry changed to how it was before (itself audited, as "cli")."""
-    settings = _load(config)
-    configure_logging("error", settings.log_format)
-    from .clock import SystemClock
-    from .store import AuditLog, Database, PoolTables
-
-    async def main() -> str:
-        db = Database(settings.database_url)
-        try:
-            found = await AuditLog(db).get(entry)
-            if found is None:
-                raise RelayError(f"no audit entry {entry}")
-            restored = await PoolTables(db, SystemClock()).rollback(found, actor="cli")
-            what = f'pool "{found.target_id}"'
-            return (
-                f"{what} restored as before entry {entry}" if restored else f"{what} removed (entry {entry} created it)"
-            )
-        finally:
-            await db.dispose()
-
-    try:
-        with asyncio.Runner() as runner:
-            message = runner.run(main())
-    except (RelayError, ValueError) as exc:
-        typer.echo(f"relay: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"{message}; running relays follow within a second")
-
-
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply database migrations up to the latest version."""
     settings = _load(config)
-    from .store import Database
+    from ..store import Database
 
     async def main() -> None:
         db = Database(settings.database_url)
@@ -388,6 +349,9 @@ def send(
         typer.echo(f"cannot send through {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"sent {message['Message-ID']} to {', '.join(to)} through {host}:{port}")
+
+
+from . import config_commands  # noqa: E402, F401 (registers `relay config …` on config_app)
 
 
 def main() -> None:

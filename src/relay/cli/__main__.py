@@ -1,0 +1,5 @@
+"""`python -m relay.cli`."""
+
+from . import main
+
+main()
