@@ -3,6 +3,7 @@ both of two processes sharing PostgreSQL (and Redis, whose notices make the othe
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ def processes() -> Iterator[list[RelayProcess]]:
         relay.stop()
 
 
-def test_a_weight_changed_through_the_api_moves_mail_in_both_processes(
+def test_a_weight_changed_through_the_api_while_mail_flows_moves_it_in_both_processes(
     tmp_path: Path, processes: list[RelayProcess]
 ) -> None:
     with fresh_database("postgresql", tmp_path) as url:
@@ -54,22 +55,62 @@ def test_a_weight_changed_through_the_api_moves_mail_in_both_processes(
 
             api_port = processes[0].data["http"]["port"]
             wait_for(lambda: _ready(api_port), timeout=10, what="the HTTP API")
-            changed_at = time.monotonic()
-            answer = httpx.put(
-                f"http://127.0.0.1:{api_port}/api/v1/pools/invite/workspaces/ws-b",
-                json={"weight": 0},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-                timeout=10,
-            )
-            assert answer.status_code == 200, answer.text
-            # The writing process routes by it at once; the other re-reads the tables every second.
-            wait_for(lambda: events(processes[1], "pools.changed"), timeout=5, what="pools.changed in relay-b")
-            assert time.monotonic() - changed_at < 1.5
-            ids = [i for relay in processes for i in submit(relay.smtp_port, 8)]
-            assert used(delivered(tmp_path, ids)) == {"ws-a": len(ids)}
+            with MailFlow([relay.smtp_port for relay in processes]) as flow:
+                wait_for(lambda: len(flow.accepted) >= 10, timeout=15, what="mail flowing")
+                answer = httpx.put(
+                    f"http://127.0.0.1:{api_port}/api/v1/pools/invite/workspaces/ws-b",
+                    json={"weight": 0},
+                    headers={"Authorization": f"Bearer {ADMIN}"},
+                    timeout=10,
+                )
+                assert answer.status_code == 200, answer.text
+                answered_at = time.monotonic()
+                # Keep mail flowing until each process has taken at least 5 messages accepted a second later.
+                wait_for(
+                    lambda: all(n >= 5 for n in flow.per_port_since(answered_at + 1.0).values()),
+                    timeout=20,
+                    what="mail accepted after the change",
+                )
+            before = [i for i, _, at in flow.accepted if at < answered_at]
+            after = [i for i, _, at in flow.accepted if at >= answered_at + 1.0]
+            placement = delivered(tmp_path, before + after)
+            assert set(used({i: placement[i] for i in before})) == set(MEMBERS)  # both took mail before
+            # Every message accepted a second or more after the API answered went to ws-a, in both processes.
+            assert used({i: placement[i] for i in after}) == {"ws-a": len(after)}
         finally:
             for relay in processes:  # before the database is dropped
                 relay.stop()
+
+
+class MailFlow:
+    """Submits messages to each port in turn from a background thread, recording (queue id, port, accepted at)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.accepted: list[tuple[str, int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MailFlow:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for port in self.ports:
+                [queue_id] = submit(port, 1)
+                self.accepted.append((queue_id, port, time.monotonic()))
+
+    def per_port_since(self, since: float) -> dict[int, int]:
+        counts = dict.fromkeys(self.ports, 0)
+        for _, port, at in list(self.accepted):
+            if at >= since:
+                counts[port] += 1
+        return counts
 
 
 def _ready(port: int) -> bool:

@@ -17,7 +17,8 @@ from ..config import Pool, PoolMember
 from ..config.checks import cross_checks
 from ..config.documents import redact
 from ..errors import ConfigError
-from ..store import AuditEntry, PoolMemberRow, PoolRow, pool_document
+from ..pools import pool_model, pool_row
+from ..store import AuditEntry, PoolRow, pool_document
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 from .pools import PoolOut, etag, pool_out
@@ -42,30 +43,6 @@ class AuditOut(BaseModel):
     after: dict[str, Any] | None
 
 
-def _row(pool: Pool) -> PoolRow:
-    return PoolRow(
-        id=pool.id,
-        name=pool.name,
-        domain_patterns=tuple(pool.domain_patterns),
-        strategy=pool.strategy,
-        enabled=pool.enabled,
-        members=tuple(PoolMemberRow(m.workspace_id, m.weight, m.enabled) for m in pool.workspaces),
-        max_failover_attempts=pool.max_failover_attempts,
-    )
-
-
-def _model(row: PoolRow) -> Pool:
-    return Pool(
-        id=row.id,
-        name=row.name,
-        domain_patterns=list(row.domain_patterns),
-        strategy=row.strategy,
-        enabled=row.enabled,
-        max_failover_attempts=row.max_failover_attempts,
-        workspaces=[PoolMember(workspace_id=m.workspace_id, weight=m.weight, enabled=m.enabled) for m in row.members],
-    )
-
-
 def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
     Admin = Annotated[Caller, Depends(keys.requires("admin"))]  # noqa: N806 (a type, used as one)
@@ -88,7 +65,7 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
     async def validate(candidate: Pool, replacing: str | None) -> None:
         """The config file's cross-object rules over every pool as it would be after this write."""
-        others = [_model(r) for r in await services.pool_tables.load() if r.id not in (candidate.id, replacing)]
+        others = [pool_model(r) for r in await services.pool_tables.load() if r.id not in (candidate.id, replacing)]
         settings = services.settings()
         after = settings.model_copy(update={"load_balancing_pools": [*others, candidate]})
         prefix = f"load_balancing_pools[{len(others)}]"
@@ -112,7 +89,7 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         if await services.pool_tables.get(pool.id) is not None:
             raise ApiError(409, f'pool "{pool.id}" exists; PUT /api/v1/pools/{pool.id} changes it', field="id")
         await validate(pool, None)
-        return await write(_row(pool), caller, "create", None, response)
+        return await write(pool_row(pool), caller, "create", None, response)
 
     @router.put("/pools/{pool_id}", tags=["pools"])
     async def replace_pool(
@@ -123,7 +100,7 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         before = await current(pool_id)
         await check_precondition(pool_id, if_match)
         await validate(pool, pool_id)
-        return await write(_row(pool), caller, "update", before, response)
+        return await write(pool_row(pool), caller, "update", before, response)
 
     @router.delete("/pools/{pool_id}", status_code=204, tags=["pools"])
     async def delete_pool(pool_id: str, caller: Admin, if_match: IfMatch = None) -> Response:
@@ -142,10 +119,10 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         await check_precondition(pool_id, if_match)
         if any(m.workspace_id == member.workspace_id for m in before.members):
             raise ApiError(409, f'workspace "{member.workspace_id}" is already a member', field="workspace_id")
-        model = _model(before)
+        model = pool_model(before)
         candidate = model.model_copy(update={"workspaces": [*model.workspaces, member]})
         await validate(candidate, pool_id)
-        return await write(_row(candidate), caller, "add_member", before, response)
+        return await write(pool_row(candidate), caller, "add_member", before, response)
 
     @router.put("/pools/{pool_id}/workspaces/{workspace_id}", tags=["membership"])
     async def change_member(
@@ -158,14 +135,14 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
     ) -> PoolOut:
         before = await current(pool_id)
         await check_precondition(pool_id, if_match)
-        model = _model(before)
+        model = pool_model(before)
         if not any(m.workspace_id == workspace_id for m in model.workspaces):
             raise ApiError(404, f'workspace "{workspace_id}" is not a member of pool "{pool_id}"')
         changes = patch.model_dump(exclude_none=True)
         members = [m.model_copy(update=changes) if m.workspace_id == workspace_id else m for m in model.workspaces]
         candidate = model.model_copy(update={"workspaces": members})
         await validate(candidate, pool_id)
-        return await write(_row(candidate), caller, "update_member", before, response)
+        return await write(pool_row(candidate), caller, "update_member", before, response)
 
     @router.delete("/pools/{pool_id}/workspaces/{workspace_id}", tags=["membership"])
     async def remove_member(
@@ -173,12 +150,12 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
     ) -> PoolOut:
         before = await current(pool_id)
         await check_precondition(pool_id, if_match)
-        model = _model(before)
+        model = pool_model(before)
         members = [m for m in model.workspaces if m.workspace_id != workspace_id]
         if len(members) == len(model.workspaces):
             raise ApiError(404, f'workspace "{workspace_id}" is not a member of pool "{pool_id}"')
         candidate = model.model_copy(update={"workspaces": members})
-        return await write(_row(candidate), caller, "remove_member", before, response)
+        return await write(pool_row(candidate), caller, "remove_member", before, response)
 
     @router.post("/audit/{entry_id}/rollback", tags=["audit"])
     async def rollback(entry_id: int, caller: Admin) -> AuditOut:
