@@ -93,3 +93,18 @@ async def test_every_route_needs_a_key_and_viewers_only_read(relay: Relay) -> No
             # The admin key passes the role check everywhere (what follows is each endpoint's own tests' matter).
             as_admin = await api.request(method, url, json=body, headers=ADMIN)
             assert as_admin.status_code not in (401, 403), (method, path, as_admin.text)
+
+
+async def test_odd_identifiers_are_4xx_never_500(relay: Relay) -> None:
+    transport = httpx.ASGITransport(app=relay.api_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+        for method, url in (
+            ("GET", "/api/v1/audit?target_id=%00"),
+            ("GET", "/api/v1/pools/a%00b"),
+            ("POST", "/api/v1/audit/99999999999999999999/rollback"),
+            ("POST", "/api/v1/audit/0/rollback"),
+            ("GET", f"/api/v1/audit?target_id={'x' * 300}"),
+        ):
+            answer = await api.request(method, url, headers=ADMIN)
+            assert 400 <= answer.status_code < 500, (method, url, answer.status_code, answer.text)
+            assert "error" in answer.json()

@@ -4,6 +4,7 @@ by routing and delivery — the database is the source of truth, the config file
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,9 +148,9 @@ async def test_invalid_workspaces_are_refused_with_the_field(
 async def test_secrets_are_write_only_and_the_mask_keeps_them(
     relay: Relay, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RELAY_TEST_MANDRILL_KEY", "md-from-env-51f0")
+    monkeypatch.setenv("RELAY_SECRET_TEST_MANDRILL_KEY", "md-from-env-51f0")
     mailgun = {"id": "mg", "domains": ["mg.example"], "mailgun": {"api_key": "key-literal-0a8b7c"}}
-    mandrill = {"id": "md", "domains": ["md.example"], "mandrill": {"api_key": "env:RELAY_TEST_MANDRILL_KEY"}}
+    mandrill = {"id": "md", "domains": ["md.example"], "mandrill": {"api_key": "env:RELAY_SECRET_TEST_MANDRILL_KEY"}}
     for body in (mailgun, mandrill):
         created = await api.post("/api/v1/workspaces", json=body, headers=ADMIN)
         assert created.status_code == 201, created.text
@@ -157,13 +158,13 @@ async def test_secrets_are_write_only_and_the_mask_keeps_them(
     shown = (await api.get("/api/v1/workspaces/mg", headers=VIEWER)).json()["definition"]
     assert shown["mailgun"]["api_key"] == "********"
     by_reference = (await api.get("/api/v1/workspaces/md", headers=VIEWER)).json()["definition"]
-    assert by_reference["mandrill"]["api_key"] == "env:RELAY_TEST_MANDRILL_KEY"  # a name, not a secret
+    assert by_reference["mandrill"]["api_key"] == "env:RELAY_SECRET_TEST_MANDRILL_KEY"  # a name, not a secret
     edited = {**shown, "display_name": "Mailgun"}
     assert (await api.put("/api/v1/workspaces/mg", json=edited, headers=ADMIN)).status_code == 200
     stored = await relay.workspace_tables.get("mg")
     assert stored is not None and stored.document["mailgun"]["api_key"] == "key-literal-0a8b7c"
     stored = await relay.workspace_tables.get("md")
-    assert stored is not None and stored.document["mandrill"]["api_key"] == "env:RELAY_TEST_MANDRILL_KEY"
+    assert stored is not None and stored.document["mandrill"]["api_key"] == "env:RELAY_SECRET_TEST_MANDRILL_KEY"
     everything = json.dumps([(await api.get(p, headers=VIEWER)).text for p in ("/api/v1/workspaces", "/api/v1/audit")])
     assert "key-literal-0a8b7c" not in everything and "md-from-env-51f0" not in everything
     # The mask keeps a stored secret only: on a new workspace it is refused, naming the field.
@@ -179,12 +180,26 @@ async def test_an_unusable_provider_is_refused_before_it_is_stored(api: httpx.As
     assert (await api.get("/api/v1/workspaces/gm", headers=VIEWER)).status_code == 404
 
 
-async def test_a_workspace_in_use_cannot_be_deleted(api: httpx.AsyncClient) -> None:
-    in_pool = await api.delete("/api/v1/workspaces/ws-b", headers=ADMIN)
+async def test_a_workspace_in_use_or_from_the_file_cannot_be_deleted(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    from_file = await api.delete("/api/v1/workspaces/ws-b", headers=ADMIN)
+    assert from_file.status_code == 409 and "config file" in from_file.json()["error"]["message"]
+    assert (await api.post("/api/v1/workspaces", json=news(tmp_path), headers=ADMIN)).status_code == 201
+    member = {"workspace_id": "news", "weight": 1}
+    assert (await api.post("/api/v1/pools/invite/workspaces", json=member, headers=ADMIN)).status_code == 201
+    in_pool = await api.delete("/api/v1/workspaces/news", headers=ADMIN)
     assert in_pool.status_code == 409 and "invite" in in_pool.json()["error"]["message"]
+    assert (await api.delete("/api/v1/pools/invite/workspaces/news", headers=ADMIN)).status_code == 200
+    assert (await api.delete("/api/v1/workspaces/news", headers=ADMIN)).status_code == 204
+    assert (await api.delete("/api/v1/workspaces/nope", headers=ADMIN)).status_code == 404
+
+
+async def test_the_fallback_workspace_cannot_be_deleted(relay: Relay, api: httpx.AsyncClient, tmp_path: Path) -> None:
+    shown = (await api.get("/api/v1/workspaces/ws-a", headers=VIEWER)).json()["definition"]
+    assert (await api.put("/api/v1/workspaces/ws-a", json=shown, headers=ADMIN)).status_code == 200  # API-managed
+    assert (await api.delete("/api/v1/pools/invite/workspaces/ws-a", headers=ADMIN)).status_code == 200
     fallback = await api.delete("/api/v1/workspaces/ws-a", headers=ADMIN)
     assert fallback.status_code == 409 and "fallback_workspace" in fallback.json()["error"]["message"]
-    assert (await api.delete("/api/v1/workspaces/nope", headers=ADMIN)).status_code == 404
+    assert relay.router.route("x@joinmednet.org") == Route("direct", "ws-a")
 
 
 async def test_delete_and_its_rollback(relay: Relay, api: httpx.AsyncClient, tmp_path: Path) -> None:
@@ -224,3 +239,40 @@ async def test_the_file_seeds_the_database_and_then_leaves_api_changes_alone(
     assert relay.router.route("x@extra.example") is None
     [removed, _added] = await audit(api, "extra")
     assert (removed["actor"], removed["action"]) == ("config-file", "delete")
+
+
+async def test_concurrent_writes_are_serialised(postgres_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL (real concurrent transactions): of concurrent creates of one id, one wins and the others are
+    409 (not 500); of concurrent replaces with one If-Match, one wins and the others are 412 (no lost update); two
+    concurrent creates claiming one domain cannot both succeed. Pool membership edits lose nothing either."""
+    relay = await start_relay(data(postgres_url, tmp_path), tmp_path)
+    transport = httpx.ASGITransport(app=relay.api_app())
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+            body = news(tmp_path)
+            creates = await asyncio.gather(
+                *(api.post("/api/v1/workspaces", json=body, headers=ADMIN) for _ in range(4))
+            )
+            assert sorted(r.status_code for r in creates) == [201, 409, 409, 409]
+            current = await api.get("/api/v1/workspaces/ws-b", headers=VIEWER)
+            guarded = {**ADMIN, "If-Match": current.headers["etag"]}
+            bodies = [{**current.json()["definition"], "display_name": f"edit {i}"} for i in range(4)]
+            puts = await asyncio.gather(*(api.put("/api/v1/workspaces/ws-b", json=b, headers=guarded) for b in bodies))
+            assert sorted(r.status_code for r in puts) == [200, 412, 412, 412]
+            clashing = [sandbox_workspace(f"c{i}", ["same.example"], tmp_path / f"c{i}") for i in range(2)]
+            both = await asyncio.gather(*(api.post("/api/v1/workspaces", json=b, headers=ADMIN) for b in clashing))
+            assert sorted(r.status_code for r in both) == [201, 422]
+            members = [sandbox_workspace(f"m{i}", [f"m{i}.example"], tmp_path / f"m{i}") for i in range(4)]
+            for member in members:
+                assert (await api.post("/api/v1/workspaces", json=member, headers=ADMIN)).status_code == 201
+            adds = await asyncio.gather(
+                *(
+                    api.post("/api/v1/pools/invite/workspaces", json={"workspace_id": m["id"]}, headers=ADMIN)
+                    for m in members
+                )
+            )
+            assert [r.status_code for r in adds] == [201] * 4
+            pool_now = (await api.get("/api/v1/pools/invite", headers=VIEWER)).json()
+            assert {m["workspace_id"] for m in pool_now["workspaces"]} == {"ws-a", "ws-b", "m0", "m1", "m2", "m3"}
+    finally:
+        await relay.stop()

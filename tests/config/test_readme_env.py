@@ -9,8 +9,8 @@ Three sources of names, each checked against that section:
 - the `RELAY_*` names the code reads or sets in src/, bench/, tests/, .ci/ and the Makefile, found by how
   they are used (`os.environ.get("…")`, `getenv`, typer's `envvar=`, `monkeypatch.setenv`, an env dict key,
   a shell or make `$NAME` / `export NAME=` / `NAME ?=`), plus `"env:NAME"` references in examples/. Tests
-  also invent `RELAY_TEST_*` names as `env:NAME` fixtures that they set themselves; such a name counts only
-  when something reads it.
+  also invent `RELAY_TEST_*` names (`RELAY_SECRET_TEST_*` where the API must accept them) as `env:NAME`
+  fixtures that they set themselves; such a name counts only when something reads it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ WRITE = re.compile(
     rf"""|^\s*(?:export\s+)?({NAME})\s*[:?+]?=""",  # shell `export NAME=…`, make `NAME ?= …`
     re.MULTILINE,
 )
-SYNTHETIC = "RELAY_TEST_"
+SYNTHETIC = ("RELAY_TEST_", "RELAY_SECRET_TEST_")  # the latter: fixtures an API write may name (env:RELAY_SECRET_*)
 ENV_REFERENCE = re.compile(r"""["']env:([A-Za-z_][A-Za-z0-9_]*)["']""")
 LEGACY_NAME = re.compile(r"""["']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)["']""")
 

@@ -5,7 +5,6 @@ its id and field, once, and a running Relay keeps its configuration."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,10 @@ import structlog
 
 from relay.clock import ManualClock
 from relay.config import Settings
-from relay.errors import ConfigError
 from relay.pools import WorkspaceDefinitions
-from relay.runtime import Relay
+from relay.routing import Route
 from relay.store import AuditLog, Database, WorkspaceTables
-from tests.support.relay import config, sandbox_workspace, settings_from, start_relay
+from tests.support.relay import config, sandbox_workspace, start_relay
 
 
 def file_settings(tmp_path: Path, *extra: dict[str, object]) -> Settings:
@@ -50,7 +48,7 @@ async def test_the_file_seeds_once_and_keeps_api_changes(db: Database, tmp_path:
     ]
     [dropped, *_] = await AuditLog(db).entries(target_type="workspace", target_id="ws-b")
     assert (dropped.actor, dropped.action, dropped.after) == ("config-file", "delete", None)
-    assert [w.display_name for w in (await definitions.settings(changed)).workspaces] == ["API"]
+    assert [w.display_name for w in (await definitions.read(changed)).settings.workspaces] == ["API"]
 
 
 async def test_an_env_reference_is_stored_not_its_value(
@@ -74,35 +72,48 @@ async def test_a_definition_this_process_cannot_use_is_reported_once(db: Databas
     broken = {"id": "mg", "domains": ["mg.example"], "mailgun": {"api_key": "env:RELAY_TEST_NOT_SET_ANYWHERE"}}
     await tables.save(broken, actor="ops", action="create", before=None)
     assert await definitions.changed()
-    with pytest.raises(ConfigError) as refused:
-        await definitions.settings(seeded)
-    assert [str(p) for p in refused.value.problems] == [
+    reading = await definitions.read(seeded)
+    assert [str(p) for p in reading.problems] == [
         'database: workspaces["mg"].mailgun.api_key: environment variable RELAY_TEST_NOT_SET_ANYWHERE is not set'
     ]
-    assert not await definitions.changed()  # seen: not reported again every second
+    assert [w.id for w in reading.settings.workspaces] == ["ws-a"]  # the others run
+    definitions.commit(reading)
+    assert not await definitions.changed()  # seen once adopted: not reported again every second
 
 
-async def test_a_running_relay_keeps_its_configuration_when_the_database_turns_invalid(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    data = config(sqlite_url, [sandbox_workspace("ws-a", ["a.example"], tmp_path / "a")])
+async def test_a_bad_definition_never_stops_the_others(sqlite_url: str, tmp_path: Path) -> None:
+    """A workspace changed by hand into a clash keeps running its last good version; one that never ran stays out;
+    a process starting on that database starts, runs the rest and names the problems."""
+    data = config(
+        sqlite_url,
+        [
+            sandbox_workspace("ws-a", ["a.example"], tmp_path / "a"),
+            sandbox_workspace("ws-b", ["b.example"], tmp_path / "b"),
+        ],
+    )
     relay = await start_relay(data, tmp_path)
     try:
         clash = sandbox_workspace("ws-x", ["a.example"], tmp_path / "x")  # a domain ws-a already serves
         await relay.workspace_tables.save(clash, actor="sql", action="create", before=None)
+        moved = sandbox_workspace("ws-b", ["a.example"], tmp_path / "b")  # ws-b changed into the same clash
+        await relay.workspace_tables.save(moved, actor="sql", action="update", before=None)
         with structlog.testing.capture_logs() as logs:
             await relay.live.refresh()
-        assert [w.id for w in relay.settings.workspaces] == ["ws-a"]
+        assert [(w.id, w.domains) for w in relay.settings.workspaces] == [
+            ("ws-a", ["a.example"]),
+            ("ws-b", ["b.example"]),
+        ]
+        assert relay.router.route("x@b.example") == Route("direct", "ws-b")
         [event] = [e for e in logs if e["event"] == "config.database_invalid"]
-        assert event["problems"] == [
-            'database: workspaces["ws-x"].domains[0]: domain "a.example" is already served by workspace "ws-a"'
+        assert sorted(event["problems"]) == [
+            'database: workspaces["ws-b"].domains[0]: domain "a.example" is already served by workspace "ws-a"',
+            'database: workspaces["ws-x"].domains[0]: domain "a.example" is already served by workspace "ws-a"',
         ]
     finally:
         await relay.stop()
-    # A process starting on that database refuses to start, naming the problem, rather than guess.
-    restarted = Relay(settings_from(data, tmp_path), http=False)  # the file itself is fine
-    try:
-        with pytest.raises(ConfigError, match=re.escape('workspaces["ws-x"].domains[0]')):
-            await restarted.start()
-    finally:
+    with structlog.testing.capture_logs() as logs:
+        restarted = await start_relay(data, tmp_path)  # ws-b is API-managed now: the file does not restore it
         await restarted.stop()
+    assert [w.id for w in restarted.settings.workspaces] == ["ws-a"]  # ws-b never ran here: no good version
+    [event] = [e for e in logs if e["event"] == "config.database_invalid"]
+    assert len(event["problems"]) == 2

@@ -34,6 +34,7 @@ class ErrorOut(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": code.replace("_", " ")}
     for status, code in {
+        400: "bad_request",
         401: "unauthorized",
         403: "forbidden",
         404: "not_found",
@@ -70,6 +71,14 @@ def _field(location: Any) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def refuse_nul(request: Request, call_next: Any) -> Any:
+        # No identifier or filter contains NUL, and PostgreSQL cannot even compare text with one: refuse it here
+        # instead of failing in the driver.
+        if "\x00" in request.url.path or "%00" in request.url.query or "%00" in request.url.path:
+            return JSONResponse(_body("bad_request", "NUL characters are not allowed in paths or queries"), 400)
+        return await call_next(request)
+
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

@@ -5,8 +5,6 @@ No `from __future__ import annotations` here: FastAPI reads the handlers' annota
 the role dependency (`Viewer`) is a local alias that a postponed string could not resolve.
 """
 
-import hashlib
-import json
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -14,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from ..pools import Decision, MemberReport, PoolView
+from ..pools import Decision, MemberReport, PoolView, pool_etag
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 from .services import ApiServices
@@ -130,12 +128,6 @@ def pool_out(view: PoolView) -> PoolOut:
     )
 
 
-def etag(body: BaseModel) -> str:
-    """A strong validator of a resource's current representation (If-Match on writes compares with it)."""
-    digest = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return f'"{digest[:32]}"'
-
-
 def _member_status(m: MemberReport) -> MemberStatus:
     return MemberStatus(
         workspace_id=m.workspace_id,
@@ -196,7 +188,9 @@ def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
     @router.get("/pools/{pool_id}", tags=["pools"])
     async def get_pool(pool_id: str, response: Response, _caller: Viewer) -> PoolOut:
         body = pool_out(pool(pool_id))
-        response.headers["ETag"] = etag(body)
+        row = await services.pool_tables.get(pool_id)
+        if row is not None:
+            response.headers["ETag"] = pool_etag(row)
         return body
 
     @router.get("/pools/{pool_id}/status", tags=["monitoring"])

@@ -15,13 +15,14 @@ from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel, Field
 
 from ..config import Workspace
-from ..config.documents import redact, workspace_document
-from ..errors import ConfigError
+from ..config.documents import check_api_env_references, redact, workspace_document
+from ..errors import ConfigError, RelayError
+from ..pools import ConflictError, NotFoundError, PreconditionFailedError
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 from .services import ApiServices
 
-__all__ = ["config_error", "workspaces_router"]
+__all__ = ["api_error", "config_error", "expected_version", "workspaces_router"]
 
 
 class WorkspaceOut(BaseModel):
@@ -47,6 +48,22 @@ def config_error(exc: ConfigError, within: str = "") -> ApiError:
     return ApiError(422, message, field=field or None)
 
 
+def api_error(exc: RelayError, within: str = "") -> ApiError:
+    """The HTTP answer to a refused configuration change."""
+    if isinstance(exc, ConfigError):
+        return config_error(exc, within)
+    status = {NotFoundError: 404, ConflictError: 409, PreconditionFailedError: 412}.get(type(exc), 409)
+    return ApiError(status, str(exc), field=getattr(exc, "field", None))
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an `If-Match` names (`"v3"`); None for none or `*`. A malformed one matches nothing."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    return int(tag[1:]) if tag.startswith("v") and tag[1:].isdigit() else -1
+
+
 def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES, tags=["workspaces"])
     Admin = Annotated[Caller, Depends(keys.requires("admin"))]  # noqa: N806 (a type, used as one)
@@ -65,16 +82,22 @@ def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
             definition=redact(definition.document),
         )
 
-    def check_precondition(current: WorkspaceOut, if_match: str | None) -> None:
-        if if_match is not None and if_match.strip() not in ("*", etag(current.version)):
-            raise ApiError(412, f'workspace "{current.id}" changed since that ETag; read it again')
-
-    async def write(document: dict[str, Any], caller: Caller, response: Response) -> WorkspaceOut:
+    async def write(
+        document: dict[str, Any], caller: Caller, response: Response, *, create: bool, if_match: str | None = None
+    ) -> WorkspaceOut:
         workspace_id = str(document["id"])
+        # Through the API, `env:NAME` names only RELAY_SECRET_* variables; a reference already stored (from the
+        # config file) is kept while it goes to the same place. Checked before anything is built or sent.
+        stored = None if create else await config.workspaces.get(workspace_id)
+        problems = check_api_env_references(document, stored.document if stored is not None else None)
+        if problems:
+            raise config_error(ConfigError(problems))
         try:
-            await config.save_workspace(document, actor=caller.name)
-        except ConfigError as exc:
-            raise config_error(exc, f'workspaces["{workspace_id}"]') from None
+            await config.save_workspace(
+                document, actor=caller.name, create=create, expected_version=expected_version(if_match)
+            )
+        except RelayError as exc:
+            raise api_error(exc, f'workspaces["{workspace_id}"]') from None
         await services.refresh_pools()  # this process at once; the others within a second
         body = await read(workspace_id)
         response.headers["ETag"] = etag(body.version)
@@ -100,11 +123,7 @@ def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
     @router.post("/workspaces", status_code=201)
     async def create_workspace(workspace: Workspace, caller: Admin, response: Response) -> WorkspaceOut:
-        if await config.workspaces.get(workspace.id) is not None:
-            raise ApiError(
-                409, f'workspace "{workspace.id}" exists; PUT /api/v1/workspaces/{workspace.id} changes it', field="id"
-            )
-        return await write(workspace_document(workspace), caller, response)
+        return await write(workspace_document(workspace), caller, response, create=True)
 
     @router.put("/workspaces/{workspace_id}")
     async def replace_workspace(
@@ -112,18 +131,21 @@ def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
     ) -> WorkspaceOut:
         if workspace.id != workspace_id:
             raise ApiError(422, f'the body\'s id "{workspace.id}" is not the path\'s "{workspace_id}"', field="id")
-        check_precondition(await read(workspace_id), if_match)
-        return await write(workspace_document(workspace), caller, response)
+        return await write(workspace_document(workspace), caller, response, create=False, if_match=if_match)
 
     @router.delete("/workspaces/{workspace_id}", status_code=204)
     async def delete_workspace(workspace_id: str, caller: Admin, if_match: IfMatch = None) -> Response:
-        check_precondition(await read(workspace_id), if_match)
+        stored = await config.workspaces.get(workspace_id)
+        if stored is not None and stored.managed_by == "file":
+            raise ApiError(
+                409,
+                f'workspace "{workspace_id}" comes from the config file, which would write it back at the next start '
+                "or SIGHUP: remove it from the file and send SIGHUP",
+            )
         try:
-            deleted = await config.delete_workspace(workspace_id, actor=caller.name)
-        except ConfigError as exc:
-            raise ApiError(409, "; ".join(str(p) for p in exc.problems)) from None
-        if not deleted:
-            raise ApiError(404, f'no workspace "{workspace_id}"')
+            await config.delete_workspace(workspace_id, actor=caller.name, expected_version=expected_version(if_match))
+        except RelayError as exc:
+            raise api_error(exc) from None
         await services.refresh_pools()
         return Response(status_code=204)
 

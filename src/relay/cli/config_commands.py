@@ -68,7 +68,7 @@ def config_apply(
             for line in change.describe():
                 typer.echo(line)
         if changes and not dry_run:
-            await apply_changes(store, changes, actor=actor)
+            await apply_changes(store, data, changes, actor=actor)
         return len(changes)
 
     try:
@@ -126,7 +126,7 @@ def _with_store(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T
         db = Database(settings.database_url)
         clock = SystemClock()
         store = ConfigStore(
-            PoolTables(db, clock), WorkspaceTables(db, clock), AuditLog(db), lambda: settings, resolve_env=False
+            db, PoolTables(db, clock), WorkspaceTables(db, clock), AuditLog(db), lambda: settings, resolve_env=False
         )
         try:
             return await action(store)

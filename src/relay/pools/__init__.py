@@ -6,8 +6,17 @@ from .capacity import CapacityView, LimitPolicy
 from .catalog import PoolCatalog, PoolView, config_rows
 from .changes import ChangeNotices
 from .checks import HealthChecker, breaker_settings, log_breaker_change
-from .config_store import ConfigStore, Current, pool_model, pool_row
-from .definitions import WorkspaceDefinitions
+from .config_store import (
+    ConfigStore,
+    ConflictError,
+    Current,
+    NotFoundError,
+    PreconditionFailedError,
+    pool_etag,
+    pool_model,
+    pool_row,
+)
+from .definitions import Reading, WorkspaceDefinitions
 from .health import HealthState, HealthView, WorkspaceHealth
 from .load_balancer import ALREADY_TRIED, RESERVATION_REFUSED, Decision, LoadBalancer, MemberReport, PoolStatus
 
@@ -17,6 +26,7 @@ __all__ = [
     "CapacityView",
     "ChangeNotices",
     "ConfigStore",
+    "ConflictError",
     "Current",
     "Decision",
     "HealthChecker",
@@ -25,14 +35,18 @@ __all__ = [
     "LimitPolicy",
     "LoadBalancer",
     "MemberReport",
+    "NotFoundError",
     "PoolCatalog",
     "PoolStatus",
     "PoolView",
+    "PreconditionFailedError",
+    "Reading",
     "WorkspaceDefinitions",
     "WorkspaceHealth",
     "breaker_settings",
     "config_rows",
     "log_breaker_change",
+    "pool_etag",
     "pool_model",
     "pool_row",
 ]

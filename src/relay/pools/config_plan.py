@@ -3,9 +3,8 @@
 Export writes the database's workspaces and pools as a config file fragment, literal secrets masked (`********`)
 and `env:NAME` references as they are. Apply reads a config file's `workspaces` and `load_balancing_pools`,
 validates them as a whole like the config file, and makes the database hold exactly them: each difference is a
-`Change` that is printed before it is made, and made with its audit entry. A masked secret keeps the stored value,
-so an exported file applies back unchanged. Writes are ordered so that every intermediate state is valid:
-workspaces created or changed, then pools, then pools deleted, then workspaces deleted.
+`Change` that is printed before it is made, and made with its audit entry — all in one transaction, so no process
+ever sees half of it. A masked secret keeps the stored value, so an exported file applies back unchanged.
 """
 
 from __future__ import annotations
@@ -15,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..config import Pool, Workspace, validation_problems
 from ..config.checks import cross_checks
 from ..config.documents import SECRET_FIELDS, redact, workspace_document
 from ..errors import ConfigError, Problem
-from ..store import pool_document
+from ..store import PoolTables, WorkspaceTables, config_change, pool_document
 from .catalog import config_rows
-from .config_store import ConfigStore, pool_model_from_document, pool_row
+from .config_store import ConfigStore, ConflictError, pool_model_from_document, pool_row
 
 __all__ = ["APPLIED_SECTIONS", "Change", "apply_changes", "export", "plan"]
 
@@ -56,10 +56,10 @@ async def export(store: ConfigStore) -> dict[str, Any]:
     }
 
 
-async def plan(store: ConfigStore, data: dict[str, Any]) -> list[Change]:
+async def plan(store: ConfigStore, data: dict[str, Any], connection: AsyncConnection | None = None) -> list[Change]:
     """The changes that make the database hold `data`'s workspaces and pools; `ConfigError` (every problem, by
     JSON path) when they are not a valid configuration."""
-    current = await store.current()
+    current = await store.current(connection)
     workspaces: list[Workspace] = []
     documents: dict[str, dict[str, Any]] = {}
     problems: list[Problem] = []
@@ -104,23 +104,31 @@ async def plan(store: ConfigStore, data: dict[str, Any]) -> list[Change]:
     return changes
 
 
-async def apply_changes(store: ConfigStore, changes: list[Change], *, actor: str) -> None:
-    """Make `changes` (from `plan`) in an order that keeps every intermediate state valid, each audited."""
-    for change in changes:
-        if change.target_type == "workspace" and change.after is not None:
-            action = "create" if change.before is None else "update"
-            await store.workspaces.save(change.after, actor=actor, action=f"apply:{action}", before=change.before)
-    for change in changes:
-        if change.target_type == "pool" and change.after is not None:
-            action = "create" if change.before is None else "update"
-            row = pool_row(pool_model_from_document(change.after))
-            await store.pools.save(row, actor=actor, action=f"apply:{action}", before=change.before)
-    for change in changes:
-        if change.target_type == "pool" and change.after is None and change.before is not None:
-            await store.pools.remove(change.target_id, actor=actor, before=change.before, action="apply:delete")
-    for change in changes:
-        if change.target_type == "workspace" and change.after is None and change.before is not None:
-            await store.workspaces.remove(change.target_id, actor=actor, before=change.before, action="apply:delete")
+async def apply_changes(store: ConfigStore, data: dict[str, Any], planned: list[Change], *, actor: str) -> None:
+    """Make the changes `plan` printed, in one transaction under the configuration write lock, each audited: no
+    process ever sees half of them. If the database changed since `planned` was computed, nothing is done
+    (`ConflictError`): the operator approved that diff, not another."""
+    async with config_change(store.db) as connection:
+        if await plan(store, data, connection) != planned:
+            raise ConflictError("the configuration changed since the diff was made; run the command again")
+        for change in planned:
+            if change.after is None:
+                continue
+            action = f"apply:{'create' if change.before is None else 'update'}"
+            if change.target_type == "workspace":
+                await store.workspaces.save(
+                    change.after, actor=actor, action=action, before=change.before, connection=connection
+                )
+            else:
+                row = pool_row(pool_model_from_document(change.after))
+                await store.pools.save(row, actor=actor, action=action, before=change.before, connection=connection)
+        for change in planned:
+            if change.after is not None or change.before is None:
+                continue
+            tables: PoolTables | WorkspaceTables = store.pools if change.target_type == "pool" else store.workspaces
+            await tables.remove(
+                change.target_id, actor=actor, before=change.before, action="apply:delete", connection=connection
+            )
 
 
 def _list(data: dict[str, Any], key: str, problems: list[Problem]) -> list[Any]:

@@ -4,9 +4,16 @@ At start and on SIGHUP the file's workspaces are written to the `workspaces` tab
 taken over); then every definition is read back, validated with the file's own models and cross-object rules,
 and put in place of the file's workspaces. `changed()` is the one-query poll that tells a process that another
 one (or the API, or `relay config apply`) changed a definition.
+
+One bad definition never stops the rest. A workspace whose definition does not validate here (an `env:NAME` this
+host lacks, a row edited by hand into a conflict) keeps the version this process last ran, or is left out if it
+never ran one; each problem is reported by the workspace's id and field. Writers check changes against the same
+view (`checked_view`), so through the API and the CLI such a definition cannot be written in the first place.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import structlog
 from pydantic import ValidationError
@@ -14,13 +21,23 @@ from pydantic import ValidationError
 from ..config import Settings, Workspace, validation_problems
 from ..config.checks import cross_checks
 from ..config.documents import with_workspaces, workspace_document
-from ..errors import ConfigError, Problem
+from ..errors import Problem
 from ..store import PoolTables, WorkspaceDefinition, WorkspaceTables
-from .config_store import pool_model
+from .config_store import checked_view
 
-__all__ = ["WorkspaceDefinitions"]
+__all__ = ["Reading", "WorkspaceDefinitions"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What the database's definitions amount to: the settings to run, the problems found (each already worked
+    around), and the versions read, to `commit` once the settings are adopted."""
+
+    settings: Settings
+    problems: list[Problem] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)
 
 
 class WorkspaceDefinitions:
@@ -28,6 +45,7 @@ class WorkspaceDefinitions:
         self._tables = tables
         self._pools = pools
         self._versions: dict[str, int] | None = None
+        self._running: dict[str, Workspace] = {}
 
     async def seed(self, file_settings: Settings) -> None:
         """Write the file's workspaces; the ones the API has taken over are left as they are, with a warning."""
@@ -43,34 +61,68 @@ class WorkspaceDefinitions:
     async def changed(self) -> bool:
         return await self._tables.versions() != self._versions
 
-    async def settings(self, file_settings: Settings) -> Settings:
-        """`file_settings` with the database's workspaces. Raises `ConfigError` (every problem, by JSON path) when
-        they do not validate here — an `env:NAME` this process lacks, or a row edited into an invalid state; the
-        versions read count as seen either way, so one bad change is reported once, not every second."""
-        definitions = _in_file_order(await self._tables.load(), file_settings)
-        self._versions = {d.id: d.version for d in definitions}
-        workspaces: list[Workspace] = []
-        problems: list[Problem] = []
-        for index, definition in enumerate(definitions):
-            try:
-                workspaces.append(Workspace.model_validate(definition.document))
-            except ValidationError as exc:
-                problems += validation_problems(exc, ("workspaces", index))
-        effective = with_workspaces(file_settings, workspaces)
-        if not problems:
-            problems = cross_checks(await self._as_checked(effective))
-        if problems:
-            raise ConfigError([Problem(f"database: {_id_at(p.path, definitions)}", p.message) for p in problems])
-        return effective
+    def commit(self, reading: Reading) -> None:
+        """`reading` is what this process runs now: its versions are seen, its workspaces the last good ones."""
+        self._versions = reading.versions
+        self._running = {w.id: w for w in reading.settings.workspaces}
 
-    async def _as_checked(self, settings: Settings) -> Settings:
-        """`settings` with the file's pools that the API has taken over replaced by the database's version: a pool
-        the file still lists with a member the API removed (and then deleted) is not a problem."""
-        if self._pools is None:
-            return settings
-        taken_over = {row.id: row for row in await self._pools.load() if row.managed_by == "api"}
-        pools = [pool_model(taken_over[p.id]) if p.id in taken_over else p for p in settings.load_balancing_pools]
-        return settings.model_copy(update={"load_balancing_pools": pools})
+    async def read(self, file_settings: Settings) -> Reading:
+        """`file_settings` with the database's workspaces, bad definitions worked around (see the module)."""
+        definitions = _in_file_order(await self._tables.load(), file_settings)
+        return await self._evaluate(file_settings, [(d.id, d.document) for d in definitions], definitions)
+
+    async def preview(self, file_settings: Settings) -> list[Problem]:
+        """The problems seeding `file_settings` would add to what the database holds now (SIGHUP, start): a file
+        workspace clashing with one the API manages, a workspace dropped that an API-managed pool still lists."""
+        definitions = await self._tables.load()
+        stored = {d.id: d for d in definitions}
+        listed = {w.id: workspace_document(w) for w in file_settings.workspaces}
+        merged = [(d.id, d.document) for d in definitions if d.managed_by == "api"]
+        merged += [(i, doc) for i, doc in listed.items() if i not in stored or stored[i].managed_by != "api"]
+        before = await self._evaluate(file_settings, [(d.id, d.document) for d in definitions], definitions)
+        after = await self._evaluate(file_settings, merged, definitions)
+        known = {str(p) for p in before.problems}
+        return [p for p in after.problems if str(p) not in known]
+
+    async def _evaluate(
+        self,
+        file_settings: Settings,
+        documents: list[tuple[str, dict[str, object]]],
+        definitions: list[WorkspaceDefinition],
+    ) -> Reading:
+        versions = {d.id: d.version for d in definitions}
+        rows = await self._pools.load() if self._pools is not None else []
+        problems: list[Problem] = []
+        validated: dict[str, Workspace | None] = {}
+        for workspace_id, document in documents:
+            try:
+                validated[workspace_id] = Workspace.model_validate(document)
+            except ValidationError as exc:
+                where = f'database: workspaces["{workspace_id}"]'
+                problems += [_under(where, p) for p in validation_problems(exc)]
+                validated[workspace_id] = self._running.get(workspace_id)
+        # What runs now claims its domains first, so a clash is blamed on the newcomer; then the file's order.
+        position = {w.id: i for i, w in enumerate(file_settings.workspaces)}
+        order = sorted(
+            validated,
+            key=lambda i: (validated[i] != self._running.get(i), position.get(i, len(position)), i),
+        )
+        chosen = {i: validated[i] for i in order}
+        # A workspace a cross-object rule objects to falls back to the version this process runs, then out; each
+        # round removes at least one, so this ends.
+        for _ in range(len(chosen) + 1):
+            running = [w for w in chosen.values() if w is not None]
+            view = checked_view(file_settings, running, rows)
+            found = cross_checks(view)
+            blamed = {running[i].id: p for p in found if (i := _workspace_index(p.path)) is not None}
+            if not blamed:
+                problems += [Problem(f"database: {_named(p.path, view)}", p.message) for p in found]
+                return Reading(with_workspaces(file_settings, running), problems, versions)
+            for workspace_id, problem in blamed.items():
+                problems.append(Problem(f"database: {_named(problem.path, view)}", problem.message))
+                fallback = self._running.get(workspace_id)
+                chosen[workspace_id] = fallback if fallback is not None and fallback != chosen[workspace_id] else None
+        raise AssertionError("unreachable: every round removes a workspace")
 
 
 def _in_file_order(definitions: list[WorkspaceDefinition], settings: Settings) -> list[WorkspaceDefinition]:
@@ -79,10 +131,25 @@ def _in_file_order(definitions: list[WorkspaceDefinition], settings: Settings) -
     return sorted(definitions, key=lambda d: (position.get(d.id, len(position)), d.id))
 
 
-def _id_at(path: str, definitions: list[WorkspaceDefinition]) -> str:
-    """`workspaces[2].domains[0]` → `workspaces["mg-1"].domains[0]`: the position means nothing to the operator."""
+def _workspace_index(path: str) -> int | None:
     if path.startswith("workspaces["):
-        index, _, rest = path[len("workspaces[") :].partition("]")
-        if index.isdigit() and int(index) < len(definitions):
-            return f'workspaces["{definitions[int(index)].id}"]{rest}'
+        index = path[len("workspaces[") :].partition("]")[0]
+        if index.isdigit():
+            return int(index)
+    return None
+
+
+def _named(path: str, settings: Settings) -> str:
+    """`workspaces[2].domains[0]` → `workspaces["mg-1"].domains[0]`: the position means nothing to the operator."""
+    for name, items in (("workspaces", settings.workspaces), ("load_balancing_pools", settings.load_balancing_pools)):
+        prefix = f"{name}["
+        if path.startswith(prefix):
+            index, _, rest = path[len(prefix) :].partition("]")
+            if index.isdigit() and int(index) < len(items):
+                return f'{name}["{items[int(index)].id}"]{rest}'
     return path
+
+
+def _under(prefix: str, problem: Problem) -> Problem:
+    path = problem.path
+    return Problem(f"{prefix}{'' if not path or path.startswith('[') else '.'}{path}", problem.message)

@@ -19,7 +19,7 @@ import structlog
 from ..config import Settings
 from ..config.reload import header_rewrites, restart_required
 from ..errors import ConfigError, ProviderError
-from ..pools import ChangeNotices, HealthChecker, HealthView, PoolCatalog, WorkspaceDefinitions
+from ..pools import ChangeNotices, HealthChecker, HealthView, PoolCatalog, Reading, WorkspaceDefinitions
 from ..providers import Provider, ProviderContext, build_provider
 from ..routing import Router
 
@@ -59,17 +59,22 @@ class LiveConfig:
         self._adopted = False
         self.retired: list[Provider] = []  # replaced by a change, closed once their sends are done
         self._retiring: set[asyncio.Task[None]] = set()
+        self._unbuilt: set[str] = set()  # enabled workspaces whose provider could not be built: retried each poll
 
     async def start(self) -> None:
-        """Seed the database from the file, then run by what it holds; raises `ConfigError` when that is invalid."""
+        """Seed the database from the file, then run by what it holds. Raises `ConfigError` when the file would add
+        a problem to the database's configuration (a domain a workspace of the API already serves)."""
         async with self._lock:
+            added = await self._definitions.preview(self.file_settings)
+            if added:
+                raise ConfigError(added)
             await self._definitions.seed(self.file_settings)
-            await self._adopt(await self._definitions.settings(self.file_settings), "config.started")
+            await self._adopt(await self._definitions.read(self.file_settings), "config.started", write_pools=True)
 
     async def inspect(self) -> None:
         """Run by the database's workspaces and pools without writing anything (dry runs such as `relay pools
         test`); raises `ConfigError` when they are invalid here, or the database's error when it is not set up."""
-        settings = await self._definitions.settings(self.file_settings)
+        settings = (await self._definitions.read(self.file_settings)).settings
         self.settings = settings
         self.rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
         self._router.update(settings)
@@ -84,15 +89,15 @@ class LiveConfig:
             log.error("config.reload_refused", restart_required=needs_restart)
             return needs_restart
         async with self._lock:
-            await self._definitions.seed(file_settings)
-            try:
-                settings = await self._definitions.settings(file_settings)
-            except ConfigError as exc:
-                problems = [str(p) for p in exc.problems]
+            added = await self._definitions.preview(file_settings)
+            if added:  # nothing written: the database and every process keep what they have
+                problems = [str(p) for p in added]
                 log.error("config.reload_refused", problems=problems)
                 return problems
+            await self._definitions.seed(file_settings)
+            reading = await self._definitions.read(file_settings)
             self.file_settings = file_settings
-            await self._adopt(settings, "config.reloaded")
+            await self._adopt(reading, "config.reloaded", write_pools=True)
         await self.notices.publish("config-file")
         return []
 
@@ -100,20 +105,15 @@ class LiveConfig:
         """Look at the database now: adopt changed workspace definitions, or re-read the pools. `trigger` (poll,
         notice, api) is logged with the change."""
         async with self._lock:
+            if self._unbuilt:
+                self._build_missing()
             if not await self._definitions.changed():
                 await self._pools.refresh()
                 return
-            try:
-                settings = await self._definitions.settings(self.file_settings)
-            except ConfigError as exc:
-                log.error(
-                    "config.database_invalid",
-                    problems=[str(p) for p in exc.problems],
-                    action="kept the running configuration; fix the workspace through the API or roll it back",
-                )
-                await self._pools.refresh()
-                return
-            await self._adopt(settings, "config.applied", trigger=trigger)
+            reading = await self._definitions.read(self.file_settings)
+            # The writing process also writes its file's pools (their members may follow a workspace's opt-in);
+            # the others only read, so processes with different files never take turns rewriting them.
+            await self._adopt(reading, "config.applied", write_pools=trigger == "api", trigger=trigger)
 
     async def changed_here(self, what: str) -> None:
         """This process changed the database (an API write): follow at once, and tell the others."""
@@ -136,8 +136,17 @@ class LiveConfig:
             except Exception as exc:
                 log.warning("config.refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _adopt(self, settings: Settings, event: str = "", **context: str) -> None:
-        await self._pools.apply(settings)  # first: if writing the pools fails, nothing has changed
+    async def _adopt(self, reading: Reading, event: str, *, write_pools: bool, **context: str) -> None:
+        settings = reading.settings
+        if reading.problems:
+            log.error(
+                "config.database_invalid",
+                problems=[str(p) for p in reading.problems],
+                action="running the other workspaces; a workspace named here runs its last good version, or not at "
+                "all: fix it through the API or roll the change back",
+            )
+        # First: if writing or reading the pools fails, nothing has changed (and the versions are not seen yet).
+        await (self._pools.apply(settings) if write_pools else self._pools.use(settings))
         previous = self.settings if self._adopted else None
         self.settings = settings
         self.rate_limits = {w.id: w.rate_limits for w in settings.workspaces}
@@ -155,6 +164,7 @@ class LiveConfig:
                 providers_rebuilt=changed or None,
             )
         self._adopted = True
+        self._definitions.commit(reading)
 
     def _swap_providers(self, old: Settings | None, new: Settings) -> list[str]:
         """Build providers for new workspaces, rebuild those whose section changed (credentials, base_url, kind,
@@ -172,15 +182,18 @@ class LiveConfig:
             old_provider = self._providers.pop(workspace.id, None)
             if old_provider is not None:
                 retired.append(old_provider)
+            self._unbuilt.discard(workspace.id)
             if workspace.provider.enabled:
                 try:
                     self._providers[workspace.id] = build_provider(workspace, context)
                 except ProviderError as exc:
                     if not self._adopted:
                         raise  # at start: refuse to run with a workspace that cannot send
-                    # Its mail waits (no provider) until the definition is fixed; the rest adopts the change.
+                    # Its mail waits (no provider) and the build is retried every second; the rest adopts the change.
+                    self._unbuilt.add(workspace.id)
                     log.error("workspace.provider_unavailable", workspace_id=workspace.id, error=str(exc))
         for gone in before:
+            self._unbuilt.discard(gone)
             provider = self._providers.pop(gone, None)
             if provider is not None:
                 retired.append(provider)
@@ -192,6 +205,22 @@ class LiveConfig:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return changed
+
+    def _build_missing(self) -> None:
+        """Retry the providers that could not be built (a key file not there yet, a variable set later)."""
+        context = self._provider_context()
+        for workspace_id in sorted(self._unbuilt):
+            workspace = self.settings.workspace(workspace_id)
+            if workspace is None or not workspace.provider.enabled:
+                self._unbuilt.discard(workspace_id)
+                continue
+            try:
+                self._providers[workspace_id] = build_provider(workspace, context)
+            except ProviderError:
+                continue
+            self._unbuilt.discard(workspace_id)
+            self._checker.check_soon(workspace_id)
+            log.info("workspace.provider_built", workspace_id=workspace_id)
 
     async def _retire(self, providers: list[Provider], after: float) -> None:
         # Sends pick the current provider right before sending, so the last one on a retired client started before

@@ -334,6 +334,7 @@ class Relay:
             pool_tables=self.pool_tables,
             refresh_pools=self._refresh_after_write,
             config=ConfigStore(
+                self.db,
                 self.pool_tables,
                 self.workspace_tables,
                 audit,

@@ -1,6 +1,7 @@
 """Store: tables, migrations, durable ingest, the delivery queue, workspace state and load-balancing pools."""
 
 from .audit import AuditEntry, AuditLog
+from .config_lock import config_change
 from .database import Database, async_url
 from .ids import new_message_id
 from .ingest import DuplicateKeyError, Ingest
@@ -52,6 +53,7 @@ __all__ = [
     "WorkspaceStates",
     "WorkspaceTables",
     "async_url",
+    "config_change",
     "new_message_id",
     "pool_document",
 ]

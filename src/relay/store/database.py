@@ -84,6 +84,15 @@ class Database:
             async with reader.begin():
                 yield reader
 
+    @asynccontextmanager
+    async def using(self, connection: AsyncConnection | None, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        """`connection` when the caller already holds a transaction (its work joins it), else a new one."""
+        if connection is not None:
+            yield connection
+            return
+        async with self.begin() if write else self.read() as opened:
+            yield opened
+
     async def max_packet_bytes(self) -> int | None:
         """MySQL/MariaDB's `max_allowed_packet`, the largest row it takes in one statement; None elsewhere."""
         if self.dialect not in ("mysql", "mariadb"):

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
-from .audit import AuditEntry, audit_row
+from .audit import audit_row
 from .database import Database
 from .tables import STRATEGIES, load_balancing_pools, pool_workspaces
 from .timestamps import to_db
@@ -77,18 +77,35 @@ class PoolTables:
                     raise
         raise AssertionError("unreachable")
 
-    async def save(self, pool: PoolRow, *, actor: str, action: str, before: dict[str, Any] | None) -> None:
-        """Create or change one pool through the API (it becomes API-managed) and audit it, in one transaction."""
+    async def save(
+        self,
+        pool: PoolRow,
+        *,
+        actor: str,
+        action: str,
+        before: dict[str, Any] | None,
+        connection: AsyncConnection | None = None,
+    ) -> None:
+        """Create or change one pool through the API (it becomes API-managed) and audit it, in one transaction
+        (`connection`'s, when given)."""
         now = to_db(self._clock.now())
-        async with self._db.begin() as connection:
+        async with self._db.using(connection, write=True) as connection:
             await _upsert_pool(connection, pool, now, managed_by="api")
             await _replace_members(connection, pool)
             await connection.execute(audit_row(now, actor, action, "pool", pool.id, before, pool_document(pool)))
 
-    async def remove(self, pool_id: str, *, actor: str, before: dict[str, Any], action: str = "delete") -> bool:
+    async def remove(
+        self,
+        pool_id: str,
+        *,
+        actor: str,
+        before: dict[str, Any],
+        action: str = "delete",
+        connection: AsyncConnection | None = None,
+    ) -> bool:
         """Delete one pool through the API and audit it, in one transaction; False if it was not there."""
         now = to_db(self._clock.now())
-        async with self._db.begin() as connection:
+        async with self._db.using(connection, write=True) as connection:
             await connection.execute(pool_workspaces.delete().where(pool_workspaces.c.pool_id == pool_id))
             result = await connection.execute(load_balancing_pools.delete().where(load_balancing_pools.c.id == pool_id))
             if result.rowcount != 1:
@@ -96,30 +113,14 @@ class PoolTables:
             await connection.execute(audit_row(now, actor, action, "pool", pool_id, before, None))
         return True
 
-    async def rollback(self, entry: AuditEntry, *, actor: str) -> PoolRow | None:
-        """Restore the pool `entry` changed to how it was before that change (deleting it if the change created
-        it), audited as a `rollback` of that entry. Returns the restored pool, or None when it is now gone."""
-        if entry.target_type != "pool":
-            raise ValueError(f"audit entry {entry.id} changed a {entry.target_type}, not a pool")
-        current = await self.get(entry.target_id)
-        before = pool_document(current) if current is not None else None
-        action = f"rollback:{entry.id}"
-        if entry.before is None:
-            if current is not None:
-                await self.remove(entry.target_id, actor=actor, before=before or {}, action=action)
-            return None
-        restored = pool_from_document(entry.before)
-        await self.save(restored, actor=actor, action=action, before=before)
-        return restored
+    async def get(self, pool_id: str, connection: AsyncConnection | None = None) -> PoolRow | None:
+        return next((p for p in await self.load(connection) if p.id == pool_id), None)
 
-    async def get(self, pool_id: str) -> PoolRow | None:
-        return next((p for p in await self.load() if p.id == pool_id), None)
-
-    async def load(self) -> list[PoolRow]:
+    async def load(self, connection: AsyncConnection | None = None) -> list[PoolRow]:
         """Every pool with its members: pools by id, members by workspace id. Two queries in all."""
         pools_query = sa.select(load_balancing_pools).order_by(load_balancing_pools.c.id)
         members_query = sa.select(pool_workspaces).order_by(pool_workspaces.c.pool_id, pool_workspaces.c.workspace_id)
-        async with self._db.read() as connection:
+        async with self._db.using(connection, write=False) as connection:
             pools = (await connection.execute(pools_query)).all()
             members = (await connection.execute(members_query)).all()
         by_pool: dict[str, list[PoolMemberRow]] = {}

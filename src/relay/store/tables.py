@@ -8,6 +8,7 @@ from sqlalchemy.dialects import mysql
 __all__ = [
     "STRATEGIES",
     "audit_log",
+    "config_revision",
     "delivery_attempts",
     "idempotency_keys",
     "load_balancing_pools",
@@ -175,4 +176,13 @@ idempotency_keys = sa.Table(
     sa.Column("message_id", sa.String(26), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+# One row (id 1): every configuration change updates it first, in its own transaction, which serialises changes
+# from every process (a row lock; SQLite's write lock) and counts them.
+config_revision = sa.Table(
+    "config_revision",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
-from .audit import AuditEntry, audit_row
+from .audit import audit_row
 from .database import Database
 from .tables import workspaces
 from .timestamps import to_db
@@ -47,18 +47,18 @@ class WorkspaceTables:
         async with self._db.read() as connection:
             return {row.id: row.version for row in (await connection.execute(query)).all()}
 
-    async def load(self) -> list[WorkspaceDefinition]:
+    async def load(self, connection: AsyncConnection | None = None) -> list[WorkspaceDefinition]:
         query = (
             sa.select(workspaces.c.id, workspaces.c.definition, workspaces.c.managed_by, workspaces.c.version)
             .where(workspaces.c.definition.is_not(None))
             .order_by(workspaces.c.id)
         )
-        async with self._db.read() as connection:
+        async with self._db.using(connection, write=False) as connection:
             rows = (await connection.execute(query)).all()
         return [WorkspaceDefinition(r.id, r.definition, r.managed_by or "file", r.version) for r in rows]
 
-    async def get(self, workspace_id: str) -> WorkspaceDefinition | None:
-        return next((d for d in await self.load() if d.id == workspace_id), None)
+    async def get(self, workspace_id: str, connection: AsyncConnection | None = None) -> WorkspaceDefinition | None:
+        return next((d for d in await self.load(connection) if d.id == workspace_id), None)
 
     async def sync_file(self, documents: Sequence[dict[str, Any]]) -> list[str]:
         """Make the file-managed definitions exactly `documents` (audited as `config-file` where they change),
@@ -100,38 +100,40 @@ class WorkspaceTables:
                 )
         return sorted(ignored)
 
-    async def save(self, document: dict[str, Any], *, actor: str, action: str, before: dict[str, Any] | None) -> None:
-        """Create or change one workspace (it becomes API-managed) and audit it, in one transaction."""
+    async def save(
+        self,
+        document: dict[str, Any],
+        *,
+        actor: str,
+        action: str,
+        before: dict[str, Any] | None,
+        connection: AsyncConnection | None = None,
+    ) -> None:
+        """Create or change one workspace (it becomes API-managed) and audit it, in one transaction (`connection`'s,
+        when given)."""
         now = to_db(self._clock.now())
         workspace_id = str(document["id"])
-        async with self._db.begin() as connection:
+        async with self._db.using(connection, write=True) as connection:
             exists = await connection.execute(sa.select(workspaces.c.id).where(workspaces.c.id == workspace_id))
             await _define(connection, workspace_id, document, "api", now, exists=exists.first() is not None)
             await connection.execute(audit_row(now, actor, action, "workspace", workspace_id, before, document))
 
-    async def remove(self, workspace_id: str, *, actor: str, before: dict[str, Any], action: str = "delete") -> bool:
+    async def remove(
+        self,
+        workspace_id: str,
+        *,
+        actor: str,
+        before: dict[str, Any],
+        action: str = "delete",
+        connection: AsyncConnection | None = None,
+    ) -> bool:
         """Delete one workspace's definition (its state row stays) and audit it; False if it was not defined."""
         now = to_db(self._clock.now())
-        async with self._db.begin() as connection:
+        async with self._db.using(connection, write=True) as connection:
             if not await _undefine(connection, workspace_id):
                 return False
             await connection.execute(audit_row(now, actor, action, "workspace", workspace_id, before, None))
         return True
-
-    async def rollback(self, entry: AuditEntry, *, actor: str) -> dict[str, Any] | None:
-        """Restore the workspace `entry` changed to its definition before that change (deleting it if the change
-        created it), audited as `rollback:<id>`. Returns the restored document, or None when it is now gone."""
-        if entry.target_type != "workspace":
-            raise ValueError(f"audit entry {entry.id} changed a {entry.target_type}, not a workspace")
-        current = await self.get(entry.target_id)
-        before = current.document if current is not None else None
-        action = f"rollback:{entry.id}"
-        if entry.before is None:
-            if current is not None:
-                await self.remove(entry.target_id, actor=actor, before=before or {}, action=action)
-            return None
-        await self.save(entry.before, actor=actor, action=action, before=before)
-        return entry.before
 
 
 async def _define(
