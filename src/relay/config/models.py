@@ -263,10 +263,21 @@ class Pool(_Model):
     max_ejection_percent: float = Field(default=50.0, ge=0.0, le=100.0)
 
 
+EVENT_PATTERN = r"^(\*|[a-z_]+\.\*|[a-z_]+\.[a-z_]+)$"
+
+
 class Webhook(_Model):
+    """An endpoint Relay posts events to (issue 8). `format: relay` posts each event as JSON signed with
+    `X-Relay-Signature`; `mandrill` posts Mandrill's form-encoded `mandrill_events` signed as Mandrill does, for
+    consumers of the previous relay. `events` are patterns: `*`, `message.*`, `load_balancing.pool_exhausted`."""
+
+    id: Identifier | None = None  # default: derived from the URL
     url: HttpUrl
     secret: Secret | None = None
-    events: list[str] = ["*"]
+    events: list[Annotated[str, Field(pattern=EVENT_PATTERN)]] = ["*"]
+    format: Literal["relay", "mandrill"] = "relay"
+    # Share of `load_balancing.workspace_selected` events posted (one per pool send): 0.1 posts one in ten.
+    workspace_selected_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     enabled: bool = True
 
 

@@ -21,7 +21,7 @@ import structlog
 from ..pools import Decision, LoadBalancer
 from ..providers import Outcome
 from ..routing import Router
-from ..store import AttemptRecord, Deferred, Failed, QueuedMessage
+from ..store import AttemptRecord, Deferred, Failed, QueuedMessage, pool_exhausted_event
 from .gate import Admission
 
 if TYPE_CHECKING:
@@ -162,16 +162,19 @@ class PoolPath:
         takers = [m.workspace_id for m in exhausted.members if m.enabled and m.weight > 0]
         if takers and all(ws in refused and refused[ws].never for ws in takers):
             # every member that could take mail refused for good (the message costs more than any limit)
-            await worker.record(message, None, Failed(f"{reason}: " + "; ".join(a.reason for a in refused.values())))
+            failed = Failed(f"{reason}: " + "; ".join(a.reason for a in refused.values()))
+            await worker.record(message, None, failed, events=[pool_exhausted_event(message, pool_id, "fail", now)])
             return
         too_old = worker.too_old(message)
         if too_old:
-            await worker.record(message, None, Failed(f"{too_old}: {reason}"))
+            failed = Failed(f"{too_old}: {reason}")
+            await worker.record(message, None, failed, events=[pool_exhausted_event(message, pool_id, "fail", now)])
             return
         earliest = exhausted.earliest_capacity_in(now)
         waits = [w for w in (earliest, *_waits(refused)) if w is not None and w > 0]
         wait = min(waits, default=_UNKNOWN_WAIT)
-        await worker.record(message, None, Deferred(now + timedelta(seconds=wait), reason))
+        deferred = Deferred(now + timedelta(seconds=wait), reason)
+        await worker.record(message, None, deferred, events=[pool_exhausted_event(message, pool_id, "wait", now)])
 
 
 def _waits(refused: dict[str, Admission]) -> list[float]:

@@ -345,6 +345,7 @@ class DeliveryWorker:
             pool_id=evidence.get("pool") if evidence else None,
             selection=evidence,
             sent_as=sent_as if sent_as != message.mail_from else None,
+            rejected_recipients=dict(outcome.rejected_recipients),
         )
         self._recorder.note(workspace_id, outcome, finished)  # in memory now; written after the attempt is recorded
         await self.health.observe(workspace_id, outcome, summary(outcome), probe)  # never raises
@@ -378,8 +379,10 @@ class DeliveryWorker:
         attempt: AttemptRecord | None,
         transition: Transition,
         earlier: Sequence[AttemptRecord] = (),
+        events: Sequence[dict[str, Any]] = (),
     ) -> bool:
-        """Write the outcome of a send that already happened, retrying while the database is away.
+        """Write the outcome of a send that already happened (with `events` beyond those it implies), retrying while
+        the database is away.
 
         Giving up early would let the lease expire and the message be sent a second time, so this keeps
         trying for half the lease, backing off up to 5 s between tries.
@@ -388,7 +391,7 @@ class DeliveryWorker:
         pause = 0.2
         while True:
             try:
-                return await self._queue.complete(message, attempt, transition, earlier=earlier)
+                return await self._queue.complete(message, attempt, transition, earlier=earlier, events=events)
             except Exception as exc:
                 if self._clock.monotonic() + pause > deadline:
                     raise

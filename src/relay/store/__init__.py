@@ -3,6 +3,7 @@
 from .audit import AuditEntry, AuditLog
 from .config_lock import config_change
 from .database import Database, async_url
+from .events import EVENT_TYPES, event_row, pool_exhausted_event, timestamp
 from .ids import new_message_id
 from .ingest import DuplicateKeyError, Ingest
 from .messages import AttemptView, CountedSend, Messages, MessageView
@@ -24,6 +25,7 @@ from .workspace_defs import FILE_ACTOR, WorkspaceDefinition, WorkspaceTables
 from .workspaces import WorkspaceStates
 
 __all__ = [
+    "EVENT_TYPES",
     "FILE_ACTOR",
     "AttemptRecord",
     "AttemptView",
@@ -54,6 +56,9 @@ __all__ = [
     "WorkspaceTables",
     "async_url",
     "config_change",
+    "event_row",
     "new_message_id",
     "pool_document",
+    "pool_exhausted_event",
+    "timestamp",
 ]

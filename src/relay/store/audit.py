@@ -7,12 +7,14 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database
+from .events import event_row, insert_events
 from .tables import audit_log
 from .timestamps import from_db
 
-__all__ = ["AuditEntry", "AuditLog", "audit_row"]
+__all__ = ["AuditEntry", "AuditLog", "audit_row", "record_change"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,24 @@ def audit_row(
     return audit_log.insert().values(
         at=at, actor=actor, action=action, target_type=target_type, target_id=target_id, before=before, after=after
     )
+
+
+async def record_change(
+    connection: AsyncConnection,
+    at: datetime,
+    actor: str,
+    action: str,
+    target_type: str,
+    target_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """Audit one configuration change and emit its `config.changed` event, in the change's transaction. The event
+    says what changed and who changed it, not the documents (they may hold secrets): `GET /api/v1/audit` has
+    them."""
+    await connection.execute(audit_row(at, actor, action, target_type, target_id, before, after))
+    data = {"target_type": target_type, "target_id": target_id, "action": action, "actor": actor}
+    await insert_events(connection, [event_row("config.changed", at, data)])
 
 
 class AuditLog:

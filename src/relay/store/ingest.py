@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import StoreError
 from .database import Database
+from .events import insert_events, queued_event
 from .tables import idempotency_keys, messages
 from .timestamps import to_db
 from .types import NewMessage
@@ -33,6 +34,7 @@ class Ingest:
         self._commit_timeout = commit_timeout
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._keys: dict[str, dict[str, Any]] = {}  # message id -> its idempotency key row, until committed
+        self._events: dict[str, dict[str, Any]] = {}  # message id -> its `message.queued` event, until committed
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._on_commit: list[Callable[[], None]] = []
@@ -64,6 +66,7 @@ class Ingest:
             raise StoreError("ingest is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((_row(message), future))
+        self._events[message.id] = queued_event(message)
         if message.idempotency_key is not None:
             self._keys[message.id] = {
                 "key": message.idempotency_key,
@@ -93,6 +96,7 @@ class Ingest:
                     await self._commit([item])
                 return
             key = self._keys.pop(batch[0][0]["id"], None)
+            self._events.pop(batch[0][0]["id"], None)
             error: StoreError = (
                 DuplicateKeyError(key["key"]) if key is not None else StoreError(f"could not store: {_describe(exc)}")
             )
@@ -111,11 +115,13 @@ class Ingest:
             failure = StoreError(f"could not store the message: {type(exc).__name__}")
             for row, future in batch:
                 self._keys.pop(row["id"], None)
+                self._events.pop(row["id"], None)
                 if not future.done():
                     future.set_exception(failure)
             return
         for row, _ in batch:
             self._keys.pop(row["id"], None)
+            self._events.pop(row["id"], None)
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
@@ -128,6 +134,8 @@ class Ingest:
             await connection.execute(messages.insert(), rows)
             if keys:  # in the message's own transaction: a message and its key exist together or not at all
                 await connection.execute(idempotency_keys.insert(), keys)
+            # The outbox: `message.queued` commits with the message, or neither does.
+            await insert_events(connection, [self._events[row["id"]] for row in rows if row["id"] in self._events])
 
 
 class DuplicateKeyError(StoreError):

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
-from .audit import audit_row
+from .audit import record_change
 from .database import Database
 from .tables import STRATEGIES, load_balancing_pools, pool_workspaces
 from .timestamps import to_db
@@ -92,7 +92,7 @@ class PoolTables:
         async with self._db.using(connection, write=True) as connection:
             await _upsert_pool(connection, pool, now, managed_by="api")
             await _replace_members(connection, pool)
-            await connection.execute(audit_row(now, actor, action, "pool", pool.id, before, pool_document(pool)))
+            await record_change(connection, now, actor, action, "pool", pool.id, before, pool_document(pool))
 
     async def remove(
         self,
@@ -110,7 +110,7 @@ class PoolTables:
             result = await connection.execute(load_balancing_pools.delete().where(load_balancing_pools.c.id == pool_id))
             if result.rowcount != 1:
                 return False
-            await connection.execute(audit_row(now, actor, action, "pool", pool_id, before, None))
+            await record_change(connection, now, actor, action, "pool", pool_id, before, None)
         return True
 
     async def get(self, pool_id: str, connection: AsyncConnection | None = None) -> PoolRow | None:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..clock import Clock
 from .database import Database, is_deadlock
+from .events import completion_events, insert_events
 from .tables import delivery_attempts, messages
 from .timestamps import from_db, to_db
 from .types import AttemptRecord, Deferred, Failed, QueuedMessage, Sent, Transition
@@ -90,11 +91,13 @@ class MessageQueue:
         transition: Transition,
         *,
         earlier: Sequence[AttemptRecord] = (),
+        events: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Record `attempt` and move the message on. False if the lease was lost to another worker.
 
         `earlier` are attempts of the same delivery pass that failed over before `attempt`, in order; all
-        of them are written in this transaction and numbered consecutively, `attempt` last.
+        of them are written in this transaction and numbered consecutively, `attempt` last. So are the events
+        the pass implies (`store.events.completion_events`), after `events` given by the caller.
         """
         assert attempt is not None or not earlier, "failed-over attempts need the attempt that ended the pass"
         attempts = [*earlier, attempt] if attempt is not None else []
@@ -123,6 +126,9 @@ class MessageQueue:
                 .where(messages.c.id == message.id, messages.c.lease_owner == message.lease_owner)
                 .values(**values)
             )
+            if result.rowcount == 1:
+                at = self._clock.now()
+                await insert_events(connection, [*events, *completion_events(message, attempts, transition, at)])
         return result.rowcount == 1
 
     async def release_leases(self, owner: str) -> int:

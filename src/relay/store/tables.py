@@ -10,12 +10,16 @@ __all__ = [
     "audit_log",
     "config_revision",
     "delivery_attempts",
+    "events",
     "idempotency_keys",
     "load_balancing_pools",
     "load_balancing_selections",
     "messages",
     "metadata",
     "pool_workspaces",
+    "suppressions",
+    "webhook_deliveries",
+    "webhook_endpoints",
     "workspaces",
 ]
 
@@ -82,6 +86,7 @@ delivery_attempts = sa.Table(
     sa.Column("selection", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("sent_as", sa.String(512), nullable=True),
     sa.Index("ix_delivery_attempts_message_id", "message_id"),
+    sa.Index("ix_delivery_attempts_provider_message_id", "provider_message_id"),
 )
 
 # Runtime state of each configured workspace, shared by every process on the database.
@@ -185,4 +190,73 @@ config_revision = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("revision", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# The transactional outbox (issue 8): each event is written in the transaction of the change it describes; the
+# dispatcher fans it out to the subscribed webhook endpoints (`fanned_out`), never the mail path.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(26), nullable=True),
+    sa.Column("occurred_at", Timestamp, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("fanned_out", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_events_fanned_out", "fanned_out", "id"),
+    sa.Index("ix_events_message_id", "message_id"),
+)
+
+# Where events go: from the config file's `webhooks` (managed_by "file") or `/api/v1/webhooks` ("api").
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(512), nullable=True),  # write-only: never returned by the API
+    sa.Column("events", sa.JSON, nullable=False),  # patterns: "*", "message.*", "load_balancing.pool_exhausted"
+    sa.Column("format", sa.String(16), nullable=False, server_default="relay"),  # or "mandrill"
+    sa.Column("workspace_selected_sample", sa.Float, nullable=False, server_default="1.0"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("failing_since", Timestamp, nullable=True),  # first failure of the current run of failures
+    sa.Column("managed_by", sa.String(16), nullable=False, server_default="file"),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+# One row per (endpoint, event): its delivery state, retries and the endpoint's delivery log.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("message_id", sa.String(26), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # Due time while pending, lease expiry while being sent: one indexed column, as in the mail queue.
+    sa.Column("next_attempt_at", Timestamp, nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("delivered_at", Timestamp, nullable=True),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_order", "endpoint_id", "message_id", "event_id"),
+    sa.Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+)
+
+# Recipients Relay no longer sends to: hard bounces, complaints, unsubscribes (from provider events), or added
+# through the API.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("email", sa.String(320), primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(26), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
 )

@@ -70,6 +70,8 @@ class AttemptRecord:
     pool_id: str | None = None  # the load-balancing pool that chose `workspace_id`, if one did
     selection: dict[str, Any] | None = None  # that choice's evidence (strategy, scores, candidates)
     sent_as: str | None = None  # the envelope sender actually used, when it was rewritten for the workspace
+    # Recipients the provider refused for good in this attempt, with why (`message.bounced` events; not a column).
+    rejected_recipients: dict[str, str] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> int:

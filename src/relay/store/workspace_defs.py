@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
-from .audit import audit_row
+from .audit import record_change
 from .database import Database
 from .tables import workspaces
 from .timestamps import to_db
@@ -89,14 +89,12 @@ class WorkspaceTables:
             elif before != document or (row is not None and row.managed_by != "file"):
                 await _define(connection, workspace_id, document, "file", now, exists=row is not None)
                 action = "create" if before is None else "update"
-                await connection.execute(
-                    audit_row(now, FILE_ACTOR, action, "workspace", workspace_id, before, document)
-                )
+                await record_change(connection, now, FILE_ACTOR, action, "workspace", workspace_id, before, document)
         for workspace_id, row in current.items():
             if workspace_id not in listed and row.definition is not None and row.managed_by == "file":
                 await _undefine(connection, workspace_id)
-                await connection.execute(
-                    audit_row(now, FILE_ACTOR, "delete", "workspace", workspace_id, row.definition, None)
+                await record_change(
+                    connection, now, FILE_ACTOR, "delete", "workspace", workspace_id, row.definition, None
                 )
         return sorted(ignored)
 
@@ -116,7 +114,7 @@ class WorkspaceTables:
         async with self._db.using(connection, write=True) as connection:
             exists = await connection.execute(sa.select(workspaces.c.id).where(workspaces.c.id == workspace_id))
             await _define(connection, workspace_id, document, "api", now, exists=exists.first() is not None)
-            await connection.execute(audit_row(now, actor, action, "workspace", workspace_id, before, document))
+            await record_change(connection, now, actor, action, "workspace", workspace_id, before, document)
 
     async def remove(
         self,
@@ -132,7 +130,7 @@ class WorkspaceTables:
         async with self._db.using(connection, write=True) as connection:
             if not await _undefine(connection, workspace_id):
                 return False
-            await connection.execute(audit_row(now, actor, action, "workspace", workspace_id, before, None))
+            await record_change(connection, now, actor, action, "workspace", workspace_id, before, None)
         return True
 
 
