@@ -9,7 +9,8 @@ import random
 import socket
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc
@@ -22,7 +23,7 @@ from ..api.messages import Ingress
 from ..clock import Clock, SystemClock
 from ..config import HealthSettings, RateLimits, Settings, SmtpSettings, Workspace
 from ..delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
-from ..health import Breakers, BreakerSettings, BreakerStore, MemoryBreakerStore, RedisBreakerStore
+from ..health import Breakers, BreakerSettings, BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore
 from ..limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
 from ..limits.policy import cost_of, limits_for
 from ..pools import (
@@ -44,15 +45,19 @@ from ..store import (
     AuditLog,
     CountedSend,
     Database,
+    EventLog,
     Ingest,
     MessageQueue,
     Messages,
     NewMessage,
     PoolTables,
     SelectionLog,
+    WebhookStore,
     WorkspaceStates,
     WorkspaceTables,
+    timestamp,
 )
+from ..webhooks import Dispatcher, endpoints_from_settings
 from .live import LiveConfig
 
 __all__ = ["Relay"]
@@ -92,8 +97,10 @@ class Relay:
         breaker_store: BreakerStore = (
             RedisBreakerStore(settings.redis_url) if settings.redis_url else MemoryBreakerStore()
         )
+        self.event_log = EventLog(self.db, self.clock)
+        self._emitting: set[asyncio.Task[None]] = set()
         self.breakers = Breakers(
-            breaker_store, self._breaker_settings, self.clock, self.owner, on_change=log_breaker_change
+            breaker_store, self._breaker_settings, self.clock, self.owner, on_change=self._breaker_changed
         )
         self.health = HealthView(self.states, self.clock, breakers=self.breakers)
         self.health.track([w.id for w in settings.workspaces])
@@ -102,6 +109,9 @@ class Relay:
             self.providers, self._health_settings, self.health, self.states, self.breakers, self.clock, rng=self.rng
         )
         self.selections = SelectionLog(self.db, self.clock)
+        # Webhooks (issue 8): the outbox's endpoints and the dispatcher that posts to them.
+        self.webhook_store = WebhookStore(self.db, self.clock)
+        self.dispatcher = Dispatcher(self.webhook_store, clock=self.clock, owner=self.owner, rng=self.rng)
         self.balancer = LoadBalancer(
             self.pools,
             CapacityView(self.limits, self._limits_for_send, self.clock),
@@ -155,6 +165,8 @@ class Relay:
                     "processes on one database would together send up to N times each limit",
                 )
         self.selections.start()
+        await self.webhook_store.sync_file(endpoints_from_settings(s))
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="relay-webhooks"))
         self._tasks.append(asyncio.create_task(self.live.follow(), name="relay-config"))
         self._tasks.append(asyncio.create_task(self.live.notices.listen(self.live.wake), name="relay-config-notices"))
         self._tasks.append(asyncio.create_task(self.checker.run(), name="relay-health"))
@@ -179,6 +191,7 @@ class Relay:
             rng=self.rng,
         )
         self.ingest.on_commit(self.worker.notify)
+        self.ingest.on_commit(self.dispatcher.notify)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
         smtp_settings = await self._fit_message_size(s.smtp)
         handler = RelayHandler(
@@ -200,6 +213,28 @@ class Relay:
             pools=len(self.pools.pools),
             owner=self.owner,
         )
+
+    def _breaker_changed(self, workspace_id: str, old: BreakerState, new: BreakerState) -> None:
+        """Log a breaker transition and emit `workspace.health_changed` (its own transaction: the breaker's state
+        lives in Redis or memory, not in the database)."""
+        log_breaker_change(workspace_id, old, new)
+        names = {"closed": "healthy", "open": "open", "half_open": "half_open"}
+        data = {
+            "workspace_id": workspace_id,
+            "previous": names[old.state],
+            "state": names[new.state],
+            "reason": new.last_error,
+            "until": timestamp(datetime.fromtimestamp(new.open_until, UTC)) if new.open_until else None,
+        }
+        task = asyncio.create_task(self._emit("workspace.health_changed", data))
+        self._emitting.add(task)
+        task.add_done_callback(self._emitting.discard)
+
+    async def _emit(self, event: str, data: dict[str, Any]) -> None:
+        try:
+            await self.event_log.emit(event, data)
+        except Exception as exc:  # the database is away: the log line above still says it
+            log.warning("events.emit_failed", event_type=event, error=f"{type(exc).__name__}: {exc}")
 
     def _health_settings(self, workspace_id: str) -> HealthSettings | None:
         workspace = self.settings.workspace(workspace_id)
@@ -391,12 +426,14 @@ class Relay:
         if self.worker is not None:
             self.worker.stop()  # sends in flight finish and are recorded; unstarted claims are given back
         for task in self._tasks:
-            if task.get_name() in ("relay-config", "relay-config-notices", "relay-health"):
+            if task.get_name() in ("relay-config", "relay-config-notices", "relay-health", "relay-webhooks"):
                 task.cancel()
         self.checker.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.selections.stop()  # the decisions still buffered
+        with contextlib.suppress(Exception):
+            await self.dispatcher.aclose()
         with contextlib.suppress(Exception):
             await self.live.aclose()
         for provider in [*self.providers.values(), *self.live.retired]:

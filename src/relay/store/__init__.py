@@ -3,13 +3,16 @@
 from .audit import AuditEntry, AuditLog
 from .config_lock import config_change
 from .database import Database, async_url
-from .events import EVENT_TYPES, event_row, pool_exhausted_event, timestamp
+from .events import EVENT_TYPES, EventLog, event_row, pool_exhausted_event, timestamp
 from .ids import new_message_id
+from .inbound import InboundEvents, InboundResult, ProviderEvent
 from .ingest import DuplicateKeyError, Ingest
 from .messages import AttemptView, CountedSend, Messages, MessageView
 from .pools import PoolMemberRow, PoolRow, PoolTables, pool_document
 from .queue import MessageQueue
 from .selections import SelectionLog, SelectionView
+from .suppressions import REASONS as SUPPRESSION_REASONS
+from .suppressions import Suppression, SuppressionList, suppression_key
 from .types import (
     AttemptRecord,
     Deferred,
@@ -21,21 +24,29 @@ from .types import (
     Transition,
     WorkspaceState,
 )
+from .webhooks import ClaimedDelivery, DeliveryView, EndpointRow, WebhookStore
 from .workspace_defs import FILE_ACTOR, WorkspaceDefinition, WorkspaceTables
 from .workspaces import WorkspaceStates
 
 __all__ = [
     "EVENT_TYPES",
     "FILE_ACTOR",
+    "SUPPRESSION_REASONS",
     "AttemptRecord",
     "AttemptView",
     "AuditEntry",
     "AuditLog",
+    "ClaimedDelivery",
     "CountedSend",
     "Database",
     "Deferred",
+    "DeliveryView",
     "DuplicateKeyError",
+    "EndpointRow",
+    "EventLog",
     "Failed",
+    "InboundEvents",
+    "InboundResult",
     "Ingest",
     "MessageQueue",
     "MessageStatus",
@@ -45,11 +56,15 @@ __all__ = [
     "PoolMemberRow",
     "PoolRow",
     "PoolTables",
+    "ProviderEvent",
     "QueuedMessage",
     "SelectionLog",
     "SelectionView",
     "Sent",
+    "Suppression",
+    "SuppressionList",
     "Transition",
+    "WebhookStore",
     "WorkspaceDefinition",
     "WorkspaceState",
     "WorkspaceStates",
@@ -60,5 +75,6 @@ __all__ = [
     "new_message_id",
     "pool_document",
     "pool_exhausted_event",
+    "suppression_key",
     "timestamp",
 ]

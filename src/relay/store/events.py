@@ -14,12 +14,16 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from ..clock import Clock
+from ..mime import header_values
+from .database import Database
 from .tables import events
 from .timestamps import to_db
 from .types import AttemptRecord, Deferred, Failed, NewMessage, QueuedMessage, Sent, Transition
 
 __all__ = [
     "EVENT_TYPES",
+    "EventLog",
     "completion_events",
     "event_row",
     "insert_events",
@@ -63,6 +67,25 @@ async def insert_events(connection: Any, rows: Sequence[dict[str, Any]]) -> None
         await connection.execute(events.insert(), list(rows))
 
 
+def subject_of(raw: bytes) -> str:
+    """The message's Subject (decoded as far as the header is plain), for consumers that show it."""
+    values = header_values(raw, "Subject")
+    return values[0].strip() if values else ""
+
+
+class EventLog:
+    """Events about changes that live outside the database (the circuit breakers in Redis or memory): written in a
+    transaction of their own, as soon as the change is known."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def emit(self, event: str, data: dict[str, Any], message_id: str | None = None) -> None:
+        async with self._db.begin() as connection:
+            await insert_events(connection, [event_row(event, self._clock.now(), data, message_id)])
+
+
 def queued_event(message: NewMessage) -> dict[str, Any]:
     return event_row(
         "message.queued",
@@ -70,6 +93,7 @@ def queued_event(message: NewMessage) -> dict[str, Any]:
         {
             "message_id": message.id,
             "sender_email": message.mail_from,
+            "subject": subject_of(message.raw),
             "recipients": list(message.rcpt_to),
             "source": message.source,
             "size": len(message.raw),
@@ -91,9 +115,12 @@ def completion_events(
     base: dict[str, Any] = {
         "message_id": message.id,
         "sender_email": message.mail_from,
+        "subject": subject_of(message.raw),
         "workspace_id": last.workspace_id if last else None,
         "pool_id": last.pool_id if last else None,
         "attempt": message.attempts + len(attempts),
+        "outcome": last.outcome if last else None,
+        "provider_status": last.provider_status if last else None,
         "metadata": message.metadata,
     }
     match transition:
@@ -151,6 +178,7 @@ def _attempt_events(message: QueuedMessage, attempt: AttemptRecord) -> Iterable[
             {
                 "message_id": message.id,
                 "sender_email": message.mail_from,
+                "subject": subject_of(message.raw),
                 "recipient": recipient,
                 "workspace_id": attempt.workspace_id,
                 "type": "hard",

@@ -1,0 +1,181 @@
+"""Posts outbox events to webhook endpoints, at least once, in order per message, never on the mail path.
+
+Each pass: fan new outbox events out to the subscribed endpoints, lease the due deliveries (several processes
+share the work; a lease that runs out hands a delivery to another), post them concurrently, and record each
+answer. A 2xx is delivered. Anything else is retried with exponential backoff (5 s doubling to 1 h, ±10 %) for
+24 h after the event, then given up (`failed` in the delivery log). An endpoint that has failed without a single
+success for 24 h is disabled, with an audit entry; its pending deliveries wait until it is enabled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import httpx
+import structlog
+
+from ..clock import Clock
+from ..store import ClaimedDelivery, EndpointRow, WebhookStore
+from .formats import request_for
+
+__all__ = ["Dispatcher"]
+
+log = structlog.get_logger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        clock: Clock,
+        owner: str,
+        rng: random.Random | None = None,
+        client: httpx.AsyncClient | None = None,
+        concurrency: int = 16,
+        timeout: float = 10.0,
+        lease_seconds: float = 60.0,
+        poll_interval: float = 0.25,
+        give_up_after: timedelta = timedelta(hours=24),
+        disable_after: timedelta = timedelta(hours=24),
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._owner = owner
+        self._rng = rng or random.Random()
+        self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._owns_client = client is None
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self._give_up_after = give_up_after
+        self._disable_after = disable_after
+        self._wake = asyncio.Event()
+        self._endpoints: dict[str, EndpointRow] = {}
+        self._endpoints_read_at: float | None = None
+        self._pruned_at: float | None = None
+
+    def notify(self) -> None:
+        """Something was written to the outbox: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled. Errors (the database away) are logged and the pass is tried again."""
+        while True:
+            try:
+                busy = await self.run_once()
+            except Exception as exc:
+                log.warning("webhooks.pass_failed", error=f"{type(exc).__name__}: {exc}")
+                busy = 0
+            if busy:
+                continue  # more may be due right away
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """One pass: fan out, claim, post, record. Returns the number of deliveries attempted."""
+        endpoints = await self._current_endpoints()
+        await self._store.fan_out([e for e in endpoints.values() if e.enabled])
+        await self._prune()
+        claims = await self._store.claim(
+            owner=self._owner, limit=self._concurrency * 4, lease_seconds=self._lease_seconds
+        )
+        if not claims:
+            return 0
+        limit = asyncio.Semaphore(self._concurrency)
+
+        async def deliver(claim: ClaimedDelivery) -> None:
+            async with limit:
+                await self._deliver(claim, endpoints.get(claim.endpoint_id))
+
+        await asyncio.gather(*(deliver(c) for c in claims))
+        return len(claims)
+
+    async def _current_endpoints(self) -> dict[str, EndpointRow]:
+        now = self._clock.monotonic()
+        if self._endpoints_read_at is None or now - self._endpoints_read_at >= 1.0:
+            self._endpoints = {e.id: e for e in await self._store.endpoints()}
+            self._endpoints_read_at = now
+        return self._endpoints
+
+    async def _prune(self) -> None:
+        """Every 10 minutes: the outbox and the delivery log keep 7 days (what is still pending stays)."""
+        now = self._clock.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < 600:
+            return
+        self._pruned_at = now
+        await self._store.prune(self._clock.now() - timedelta(days=7))
+
+    def forget_endpoints(self) -> None:
+        """Re-read the endpoints at the next pass (an API change in this process)."""
+        self._endpoints_read_at = None
+
+    async def _deliver(self, claim: ClaimedDelivery, endpoint: EndpointRow | None) -> None:
+        now = self._clock.now()
+        if endpoint is None:
+            await self._store.give_up(claim, None, "the endpoint was deleted")
+            return
+        if not endpoint.enabled:
+            await self._store.retry(claim, now + timedelta(minutes=5), None, "endpoint disabled")
+            return
+        request = request_for(endpoint, claim, now=now.timestamp())
+        if request is None:  # nothing in this endpoint's format for this event
+            await self._store.delivered(claim, 0)
+            return
+        status: int | None = None
+        try:
+            response = await self._client.post(
+                endpoint.url, content=request.content, headers=request.headers, timeout=self._timeout
+            )
+            status = response.status_code
+            error = "" if 200 <= status < 300 else f"HTTP {status}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        if not error:
+            await self._store.delivered(claim, status or 200)
+            if endpoint.failing_since is not None:
+                await self._store.note_failing(endpoint.id, None)
+                self._endpoints[endpoint.id] = _with_failing(endpoint, None)
+            return
+        await self._failed(claim, endpoint, status, error, now)
+
+    async def _failed(
+        self, claim: ClaimedDelivery, endpoint: EndpointRow, status: int | None, error: str, now: datetime
+    ) -> None:
+        if now - claim.created_at >= self._give_up_after:
+            await self._store.give_up(claim, status, f"given up after {claim.attempts + 1} attempts: {error}")
+            log.error("webhooks.given_up", endpoint_id=endpoint.id, event_id=claim.event_id, error=error)
+        else:
+            await self._store.retry(claim, now + self.backoff(claim.attempts + 1), status, error)
+        if endpoint.failing_since is None:
+            await self._store.note_failing(endpoint.id, now)
+            self._endpoints[endpoint.id] = _with_failing(endpoint, now)
+        elif now - endpoint.failing_since >= self._disable_after:
+            reason = f"every delivery failed since {endpoint.failing_since.isoformat()}; last: {error}"
+            await self._store.disable(endpoint, reason)
+            self._endpoints[endpoint.id] = _disabled(endpoint, reason)
+            log.error("webhooks.endpoint_disabled", endpoint_id=endpoint.id, reason=reason)
+
+    def backoff(self, attempts: int) -> timedelta:
+        """5 s after the first failure, doubling, at most an hour; ±10 % so endpoints coming back are not
+        stampeded by every process at once."""
+        base = min(5.0 * 2 ** (attempts - 1), 3600.0)
+        return timedelta(seconds=base * self._rng.uniform(0.9, 1.1))
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
+def _with_failing(endpoint: EndpointRow, since: datetime | None) -> EndpointRow:
+    return replace(endpoint, failing_since=since)
+
+
+def _disabled(endpoint: EndpointRow, reason: str) -> EndpointRow:
+    return replace(endpoint, enabled=False, disabled_reason=reason)
