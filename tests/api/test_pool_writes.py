@@ -221,3 +221,13 @@ async def test_the_cli_rolls_back_too(relay: Relay, api: httpx.AsyncClient, tmp_
         timeout=60,
     )
     assert missing.returncode == 1 and "no audit entry 424242" in missing.stderr
+
+
+async def test_a_pool_a_workspace_opts_into_cannot_be_deleted(relay: Relay, api: httpx.AsyncClient) -> None:
+    assert (await api.post("/api/v1/pools", json=NEWS, headers=ADMIN)).status_code == 201
+    shown = (await api.get("/api/v1/workspaces/ws-a", headers=VIEWER)).json()["definition"]
+    opted = {**shown, "load_balancing": {"enabled": True, "pools": ["invite", "news"]}}
+    assert (await api.put("/api/v1/workspaces/ws-a", json=opted, headers=ADMIN)).status_code == 200
+    refused = await api.delete("/api/v1/pools/news", headers=ADMIN)
+    assert refused.status_code == 409 and 'unknown pool "news"' in refused.json()["error"]["message"]
+    assert relay.router.route("x@joinmednet.org") == Route("direct", "ws-a")

@@ -174,10 +174,35 @@ async def test_secrets_are_write_only_and_the_mask_keeps_them(
 
 
 async def test_an_unusable_provider_is_refused_before_it_is_stored(api: httpx.AsyncClient) -> None:
-    body = {"id": "gm", "domains": ["gm.example"], "gmail": {"service_account_file": "/nonexistent/key.json"}}
+    body = {"id": "gm", "domains": ["gm.example"], "gmail": {"service_account_json": '{"type": "service_account"}'}}
     answer = await api.post("/api/v1/workspaces", json=body, headers=ADMIN)
-    assert answer.status_code == 422 and "cannot read the key file" in answer.json()["error"]["message"]
+    assert answer.status_code == 422 and "missing client_email" in answer.json()["error"]["message"]
     assert (await api.get("/api/v1/workspaces/gm", headers=VIEWER)).status_code == 404
+
+
+async def test_host_paths_are_the_config_files_business(api: httpx.AsyncClient) -> None:
+    """An admin key must not point a workspace at another workspace's key file (and a server of its choosing)."""
+    body = {"id": "gm", "domains": ["gm.example"], "gmail": {"service_account_file": "/etc/relay/other-sa.json"}}
+    answer = await api.post("/api/v1/workspaces", json=body, headers=ADMIN)
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "gmail.service_account_file"
+    smtp = {"id": "up", "domains": ["up.example"], "smtp": {"host": "127.0.0.1", "ca_file": "/etc/ssl/x.pem"}}
+    answer = await api.post("/api/v1/workspaces", json=smtp, headers=ADMIN)
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "smtp.ca_file"
+
+
+async def test_odd_numbers_and_tags_are_4xx(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    infinite = '{"id": "inf", "domains": ["inf.example"], "sandbox": {}, "health": {"check_interval_seconds": 1e999}}'
+    answer = await api.post(
+        "/api/v1/workspaces", content=infinite, headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422 and "health.check_interval_seconds" in answer.json()["error"]["field"]
+    for tag in ('"v\u00b2"'.encode("latin-1"), ('"v' + "9" * 5000 + '"').encode(), b"garbage"):
+        stale = await api.put(
+            "/api/v1/workspaces/ws-a",
+            json=(await api.get("/api/v1/workspaces/ws-a", headers=VIEWER)).json()["definition"],
+            headers={**ADMIN, "If-Match": tag},
+        )
+        assert stale.status_code == 412, tag
 
 
 async def test_a_workspace_in_use_or_from_the_file_cannot_be_deleted(api: httpx.AsyncClient, tmp_path: Path) -> None:

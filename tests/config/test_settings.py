@@ -347,3 +347,11 @@ def test_header_rewrite_rules_cannot_inject_headers(tmp_path: Path) -> None:
         "workspaces[0].sandbox.header_rewrite.rules[0].new_value",
         "workspaces[0].sandbox.header_rewrite.rules[1].header_name",
     ]
+
+
+def test_the_previous_relays_mandrill_webhook_url_becomes_a_mandrill_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MANDRILL_WEBHOOK_URL", "https://tracking.example/mandrill")
+    monkeypatch.setenv("RELAY_MANDRILL_WEBHOOK_KEY", "legacy-key-4c1")
+    [hook] = load_settings(None).webhooks
+    assert (str(hook.url), hook.format, hook.events) == ("https://tracking.example/mandrill", "mandrill", ["message.*"])
+    assert hook.secret is not None and hook.secret.get_secret_value() == "legacy-key-4c1"

@@ -58,7 +58,10 @@ def events(relay: RelayProcess, name: str) -> list[dict[str, Any]]:
     found = []
     for line in relay.log().splitlines():
         if line.startswith("{") and f'"{name}"' in line:
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line still being written (or one the webhook worker's output cut into)
+                continue
             if event["event"] == name:
                 found.append(event)
     return found

@@ -117,3 +117,21 @@ async def test_a_bad_definition_never_stops_the_others(sqlite_url: str, tmp_path
     assert [w.id for w in restarted.settings.workspaces] == ["ws-a"]  # ws-b never ran here: no good version
     [event] = [e for e in logs if e["event"] == "config.database_invalid"]
     assert len(event["problems"]) == 2
+
+
+async def test_a_workspace_wrong_in_every_version_is_left_out_without_stopping(db: Database, tmp_path: Path) -> None:
+    """A workspace whose new and running versions both break a rule steps down twice (new, running, out): the
+    reading ends, the rest runs."""
+    tables = WorkspaceTables(db, ManualClock())
+    definitions = WorkspaceDefinitions(tables)
+    seeded = file_settings(tmp_path)
+    await definitions.seed(seeded)
+    first = {**sandbox_workspace("ws-x", ["x.example"], tmp_path / "x"), "load_balancing": {"pools": ["gone"]}}
+    second = {**first, "display_name": "edited"}
+    await tables.save(first, actor="sql", action="create", before=None)
+    definitions.commit(reading := await definitions.read(seeded))
+    assert [w.id for w in reading.settings.workspaces] == ["ws-a"]
+    await tables.save(second, actor="sql", action="update", before=first)
+    reading = await definitions.read(seeded)
+    assert [w.id for w in reading.settings.workspaces] == ["ws-a"]
+    assert any('unknown pool "gone"' in str(p) for p in reading.problems)

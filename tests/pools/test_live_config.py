@@ -116,3 +116,17 @@ async def test_a_provider_that_could_not_be_built_is_built_once_it_can_be(relay:
     key_file.write_text(json.dumps(ServiceAccount.generate().key_file("http://127.0.0.1:9/token")))
     await relay.live.refresh()
     assert "gm" in relay.providers
+
+
+async def test_a_sighup_adding_a_pool_on_an_api_pools_pattern_is_refused(
+    relay: Relay, api: httpx.AsyncClient, sqlite_url: str, tmp_path: Path
+) -> None:
+    created = {"id": "api-pool", "name": "API", "domain_patterns": ["shared.example"], "workspaces": []}
+    assert (await api.post("/api/v1/pools", json=created, headers=ADMIN)).status_code == 201
+    clashing = data(sqlite_url, tmp_path)
+    clashing["smtp"]["port"] = relay.settings.smtp.port
+    clashing["http"]["port"] = relay.settings.http.port
+    clashing["load_balancing_pools"].append(pool("file-pool", ["shared.example"], [("ws-a", 1.0)]))
+    refused = await relay.reload(settings_from(clashing, tmp_path))
+    assert refused and 'pattern "shared.example" is already used by pool' in refused[0]
+    assert await relay.pool_tables.get("file-pool") is None

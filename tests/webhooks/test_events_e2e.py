@@ -13,9 +13,11 @@ import json
 import re
 import smtplib
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from relay.store.inbound import ProviderEvent
 from tests.support.net import async_wait_for
 from tests.support.pools import pool, submit_many
 from tests.support.receiver import Posted, Receiver
@@ -28,6 +30,9 @@ PRD_SELECTED = {"pool_id", "workspace_id", "sender_email", "selection_score", "c
 PRD_EXHAUSTED = {"pool_id", "sender_email", "available_workspaces", "fallback_action"}
 EMITTED = {
     "message.queued",
+    "message.delivered",
+    "message.complained",
+    "message.unsubscribed",
     "message.sent",
     "message.deferred",
     "message.failed",
@@ -107,6 +112,18 @@ async def test_every_event_type_arrives_signed_with_the_prd_fields(sqlite_url: s
             await submit_many(relay, "ann@late.example", 1, tag="late")
             await submit_many(relay, "ann@auth.example", 1, tag="auth")
             await asyncio.to_thread(send_to_two, relay, "ann@up.example", ["ann@example.org", "bob@example.org"])
+            # What providers report later (verified by `/webhooks/inbound/*`, tested there) becomes events too.
+            sent = await submit_many(relay, "ann@a.example", 1, tag="reported")
+            await async_wait_for(
+                lambda: any(e["event"] == "message.sent" and e["data"]["message_id"] == sent[0]
+                            for e in events_of(everything.accepted())),
+                timeout=15, what="the reported message sent",
+            )  # fmt: skip
+            reports = [
+                ProviderEvent("sandbox", "ws-a", kind, "ann@example.org", (sent[0],), datetime.now(UTC))
+                for kind in ("message.delivered", "message.complained", "message.unsubscribed")
+            ]
+            assert (await relay.inbound.record(reports, suppress_on=())).recorded == 3
             await async_wait_for(
                 lambda: {e["event"] for e in events_of(everything.accepted())} >= EMITTED,
                 timeout=30,

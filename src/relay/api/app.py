@@ -9,10 +9,13 @@ from fastapi.responses import JSONResponse
 
 from .auth import ApiKeys
 from .errors import install_error_handlers
+from .inbound import inbound_router
 from .messages import messages_router
 from .pool_writes import pool_writes_router
 from .pools import pools_router
 from .services import ApiServices
+from .suppressions import suppressions_router
+from .webhooks import webhooks_router
 from .workspaces import workspaces_router
 
 __all__ = ["create_app"]
@@ -45,4 +48,12 @@ def create_app(
         app.include_router(pool_writes_router(services, keys))
         app.include_router(workspaces_router(services, keys))
         app.include_router(messages_router(services.messages, services.queue, keys, services.ingress))
+        if services.suppressions is not None:
+            app.include_router(suppressions_router(services.suppressions, services.clock, keys))
+            if services.inbound is not None:
+                app.include_router(
+                    inbound_router(services.settings, services.clock, services.inbound, services.suppressions)
+                )
+        if services.webhooks is not None:
+            app.include_router(webhooks_router(services.webhooks, keys, services.webhooks_changed))
     return app

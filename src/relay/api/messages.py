@@ -7,7 +7,7 @@ No `from __future__ import annotations`: FastAPI reads these annotations at defi
 import base64
 import binascii
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -19,7 +19,16 @@ from pydantic import BaseModel, Field
 
 from ..clock import Clock
 from ..errors import StoreError
-from ..store import AttemptView, DuplicateKeyError, MessageQueue, Messages, MessageView, NewMessage, new_message_id
+from ..store import (
+    AttemptView,
+    DuplicateKeyError,
+    MessageQueue,
+    Messages,
+    MessageView,
+    NewMessage,
+    Suppression,
+    new_message_id,
+)
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 
@@ -116,12 +125,23 @@ class Ingress:
     max_size: int
     max_recipients: int
     clock: Clock
+    # The suppression listing that refuses a new message to a recipient, if any (no I/O: an in-memory list).
+    refuses: Callable[[str], Suppression | None] = lambda _recipient: None
 
 
 def _require_served(ingress: Ingress, sender: str) -> None:
     """Refuse a sender no workspace or pool serves: nothing would deliver its mail."""
     if not ingress.serves(sender):
         raise ApiError(422, f"no workspace or pool serves the sender {sender}", field="from")
+
+
+def _refuse_suppressed(ingress: Ingress, recipients: Sequence[str], field: str) -> None:
+    """Refuse the whole message when a recipient is on the suppression list, naming the first one."""
+    for index, recipient in enumerate(recipients):
+        listed = ingress.refuses(recipient)
+        if listed is not None:
+            message = f"<{recipient}>: {listed.refusal}"
+            raise ApiError(422, message, code="recipient_suppressed", field=f"{field}[{index}]")
 
 
 def _mime(body: SendIn) -> bytes:
@@ -222,6 +242,7 @@ def messages_router(
             _require_served(ingress, body.from_)
             if len(body.to) > ingress.max_recipients:
                 raise ApiError(422, f"at most {ingress.max_recipients} recipients", field="to")
+            _refuse_suppressed(ingress, body.to, "to")
             raw = _mime(body)
             if len(raw) > ingress.max_size:
                 raise ApiError(422, f"the message is larger than {ingress.max_size} bytes", field="raw")
@@ -257,6 +278,7 @@ def messages_router(
             if original is None or raw is None:
                 raise ApiError(404, f'no message "{message_id}"')
             _require_served(ingress, original.mail_from)
+            _refuse_suppressed(ingress, original.rcpt_to, "rcpt_to")
             copy = NewMessage(
                 id=new_message_id(),
                 mail_from=original.mail_from,

@@ -9,7 +9,16 @@ from ..clock import Clock
 from ..config import Settings
 from ..limits import Limit, Usage
 from ..pools import ConfigStore, LoadBalancer
-from ..store import AuditLog, MessageQueue, Messages, PoolTables, SelectionLog
+from ..store import (
+    AuditLog,
+    InboundEvents,
+    MessageQueue,
+    Messages,
+    PoolTables,
+    SelectionLog,
+    SuppressionList,
+    WebhookStore,
+)
 from .messages import Ingress
 
 __all__ = ["ApiServices"]
@@ -31,3 +40,7 @@ class ApiServices:
     queue: MessageQueue
     config: ConfigStore
     ingress: Ingress | None = None  # sending through the API
+    webhooks: WebhookStore | None = None  # webhook endpoints and their delivery log
+    webhooks_changed: Callable[[], None] = lambda: None  # an endpoint changed here: the dispatcher re-reads
+    suppressions: SuppressionList | None = None  # the suppression list (issue 8)
+    inbound: InboundEvents | None = None  # provider events, recorded (issue 8)

@@ -9,13 +9,14 @@ back keeps the stored value, so a workspace read here can be edited and written 
 No `from __future__ import annotations`: FastAPI reads these annotations at definition time (see pools.py).
 """
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel, Field
 
 from ..config import Workspace
-from ..config.documents import check_api_env_references, redact, workspace_document
+from ..config.documents import check_api_env_references, check_api_paths, redact, workspace_document
 from ..errors import ConfigError, RelayError
 from ..pools import ConflictError, NotFoundError, PreconditionFailedError
 from .auth import ApiKeys, Caller
@@ -61,7 +62,7 @@ def expected_version(if_match: str | None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
     tag = if_match.strip().removeprefix("W/").strip('"')
-    return int(tag[1:]) if tag.startswith("v") and tag[1:].isdigit() else -1
+    return int(tag[1:]) if re.fullmatch(r"v[0-9]{1,18}", tag) else -1
 
 
 def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
@@ -89,7 +90,8 @@ def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         # Through the API, `env:NAME` names only RELAY_SECRET_* variables; a reference already stored (from the
         # config file) is kept while it goes to the same place. Checked before anything is built or sent.
         stored = None if create else await config.workspaces.get(workspace_id)
-        problems = check_api_env_references(document, stored.document if stored is not None else None)
+        previous = stored.document if stored is not None else None
+        problems = check_api_env_references(document, previous) + check_api_paths(document, previous)
         if problems:
             raise config_error(ConfigError(problems))
         try:

@@ -67,7 +67,7 @@ def serve(config: ConfigOption = None) -> None:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # a SIGHUP during start-up must not kill the process
         reloads: set[asyncio.Task[None]] = set()
         try:
-            relay = Relay(settings)
+            relay = Relay(settings, webhooks_process=True)
             await relay.start()
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn(reloads, _reload(relay, config)))
         except Exception as exc:

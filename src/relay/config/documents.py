@@ -81,11 +81,12 @@ _COMMON_HARMLESS = frozenset({"kind", "enabled", "enable_webhooks", "header_rewr
 # default: a field added to a provider model later counts as a destination until it is listed here).
 # `header_rewrite` only sets message headers, which the sender controls anyway (Mandrill's `subaccount` is such
 # a header, X-MC-Subaccount); gmail's `default_sender` is a sender to impersonate, which every message chooses
-# anyway; `helo_name` is the EHLO greeting; `timeout_seconds` and `max_connections` are limits.
+# anyway; Mandrill's `webhook_url` only checks the signatures of incoming events; `helo_name` is the EHLO
+# greeting; `timeout_seconds` and `max_connections` are limits.
 HARMLESS_PROVIDER_FIELDS: dict[str, frozenset[str]] = {
     "gmail": _COMMON_HARMLESS | {"default_sender", "require_valid_sender"},
     "mailgun": _COMMON_HARMLESS | {"tracking", "default_tags"},
-    "mandrill": _COMMON_HARMLESS | {"tracking", "default_tags", "subaccount"},
+    "mandrill": _COMMON_HARMLESS | {"tracking", "default_tags", "subaccount", "webhook_url"},
     "smtp": _COMMON_HARMLESS | {"timeout_seconds", "max_connections", "helo_name"},
 }
 
@@ -298,3 +299,34 @@ def _set(document: Any, path: Path, value: Any) -> None:
     for part in path[:-1]:
         document = document[part]
     document[path[-1]] = value
+
+
+# Files on the relay hosts a workspace reads: a key file would be used to mint tokens that go to `base_url`.
+API_PATH_FIELDS = {"gmail": ("service_account_file",), "smtp": ("ca_file",)}
+
+
+def check_api_paths(document: Mapping[str, Any], stored: Mapping[str, Any] | None = None) -> list[Problem]:
+    """Problems with host file paths in a workspace document written through the API: a new or changed path is
+    refused (an admin key could otherwise point a workspace at another workspace's key file and a server of its
+    choosing); one equal to the stored document's is kept. Paths on the hosts are the config file's business."""
+    problems = []
+    for kind, names in API_PATH_FIELDS.items():
+        section = document.get(kind)
+        if not isinstance(section, Mapping):
+            continue
+        stored_section = _get(stored, (kind,))
+        for name in names:
+            value = section.get(name)
+            if value is None:
+                continue
+            if isinstance(stored_section, Mapping) and stored_section.get(name) == value:
+                continue
+            problems.append(
+                Problem(
+                    json_path((kind, name)),
+                    "a path on the relay hosts can be set only in the config file (through the API it could point "
+                    "a workspace at another one's key); give the key as service_account_json or a RELAY_SECRET_ "
+                    "variable",
+                )
+            )
+    return problems

@@ -58,6 +58,18 @@ def legacy_overrides(env: dict[str, str]) -> dict[str, Any]:
         port = _integer(env.get("MYSQL_PORT"))  # a Service named "mysql" injects MYSQL_PORT=tcp://…
         url = f"mysql://{credentials}@{env['MYSQL_HOST']}:{3306 if port is None else port}"
         _set(data, ("database_url",), f"{url}/{env.get('MYSQL_DATABASE', 'relay')}")
+    if env.get("MANDRILL_WEBHOOK_URL", "").strip():
+        # The previous relay posted Mandrill-shaped message events to this one URL (unsigned); Relay signs them
+        # when RELAY_MANDRILL_WEBHOOK_KEY is set, as Mandrill does.
+        hook: dict[str, Any] = {
+            "id": "mandrill-legacy",
+            "url": env["MANDRILL_WEBHOOK_URL"].strip(),
+            "format": "mandrill",
+            "events": ["message.*"],
+        }
+        if env.get("RELAY_MANDRILL_WEBHOOK_KEY"):
+            hook["secret"] = "env:RELAY_MANDRILL_WEBHOOK_KEY"  # noqa: S105 (a reference, not a secret)
+        _set(data, ("webhooks",), [hook])
     return data
 
 

@@ -74,7 +74,8 @@ EmailAddress = Annotated[str, AfterValidator(_email)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinities or NaN: they cannot be stored (PostgreSQL, MariaDB) nor shown back as JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _network(value: str) -> str:
@@ -306,3 +307,15 @@ class DeliverySettings(_Model):
                 "claimed and sent again by another worker"
             )
         return self
+
+
+SuppressionReason = Literal["hard_bounce", "complaint", "unsubscribe"]
+
+
+class SuppressionSettings(_Model):
+    """The suppression list (issue 8): recipients a provider reported as hard-bounced, complaining or unsubscribed
+    join it (`on` names which of these do); with `enabled`, a new message to a listed recipient is refused
+    (SMTP RCPT and `POST /api/v1/messages`). `enabled: false` keeps recording but refuses nothing."""
+
+    enabled: bool = True
+    on: list[SuppressionReason] = ["hard_bounce", "complaint", "unsubscribe"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
 
-from .secrets import Secret
+from .secrets import NonEmptySecret, Secret
 
 __all__ = [
     "PROVIDER_KINDS",
@@ -24,8 +24,21 @@ __all__ = [
 ]
 
 
+def _exact_http_url(value: str) -> str:
+    """An http(s) URL, returned exactly as given (a signature covers its bytes)."""
+    try:
+        HttpUrl(value)
+    except ValidationError as exc:
+        problem = exc.errors()[0].get("msg", "invalid") if exc.errors() else "invalid"
+        raise ValueError(f"not an http(s) URL: {problem}") from None
+    if value != value.strip():
+        raise ValueError("the URL has leading or trailing spaces")
+    return value
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinities or NaN: they cannot be stored (PostgreSQL, MariaDB) nor shown back as JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HeaderRewriteRule(_Section):
@@ -81,6 +94,9 @@ class MailgunSettings(_ProviderSection):
     base_url: HttpUrl | None = None  # default: by region
     tracking: MailgunTracking = MailgunTracking()
     default_tags: list[str] = []
+    # The account's "HTTP webhook signing key" (Mailgun: Settings > API Security), which signs every webhook
+    # POST; `POST /webhooks/inbound/mailgun` accepts events signed with the key of any mailgun workspace.
+    webhook_signing_key: NonEmptySecret | None = None
 
 
 class MandrillTracking(_Section):
@@ -99,6 +115,10 @@ class MandrillSettings(_ProviderSection):
     subaccount: str | None = None
     tracking: MandrillTracking = MandrillTracking()
     default_tags: list[str] = []
+    # The key Mandrill generated for the webhook (webhooks/add, or the Webhooks page), and the URL exactly as it
+    # was registered there: Mandrill signs that string, so it is kept byte for byte (no normalising).
+    webhook_key: NonEmptySecret | None = None
+    webhook_url: Annotated[str, AfterValidator(_exact_http_url)] | None = None
 
 
 class UpstreamSmtpSettings(_ProviderSection):

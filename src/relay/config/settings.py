@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .legacy_env import LegacyEnvSource
-from .models import DeliverySettings, HttpSettings, Pool, SmtpSettings, Webhook, Workspace
+from .models import DeliverySettings, HttpSettings, Pool, SmtpSettings, SuppressionSettings, Webhook, Workspace
 
 __all__ = ["Settings"]
 
@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     load_balancing_pools: list[Pool] = []
     webhooks: list[Webhook] = []
     delivery: DeliverySettings = DeliverySettings()
+    suppression: SuppressionSettings = SuppressionSettings()
     default_per_user_daily: int = Field(default=2000, ge=0)  # RELAY_DEFAULT_PER_USER_DAILY
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"

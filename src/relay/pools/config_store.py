@@ -276,10 +276,18 @@ class ConfigStore:
     async def _delete_pool(
         self, connection: AsyncConnection, pool_id: str, actor: str, expected_etag: str | None, action: str
     ) -> None:
-        row = await self.pools.get(pool_id, connection)
+        current = await self.current(connection)
+        row = current.pools.get(pool_id)
         if row is None:
             raise NotFoundError(f'no pool "{pool_id}"')
         _check_etag(row, expected_etag, pool_id)
+        after = current.settings.model_copy(
+            update={"load_balancing_pools": [p for p in current.settings.load_balancing_pools if p.id != pool_id]}
+        )
+        try:
+            self.check_change(current.settings, after)
+        except ConfigError as exc:  # a workspace names it in load_balancing.pools
+            raise ConflictError("; ".join(str(p) for p in exc.problems)) from None
         await self.pools.remove(pool_id, actor=actor, before=pool_document(row), action=action, connection=connection)
 
     # Rollback

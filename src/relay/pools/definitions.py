@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import structlog
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..config import Settings, Workspace, validation_problems
 from ..config.checks import cross_checks
 from ..config.documents import with_workspaces, workspace_document
 from ..errors import Problem
-from ..store import PoolTables, WorkspaceDefinition, WorkspaceTables
+from ..store import PoolTables, WorkspaceDefinition, WorkspaceTables, config_change
 from .config_store import checked_view
 
 __all__ = ["Reading", "WorkspaceDefinitions"]
@@ -71,16 +72,39 @@ class WorkspaceDefinitions:
         definitions = _in_file_order(await self._tables.load(), file_settings)
         return await self._evaluate(file_settings, [(d.id, d.document) for d in definitions], definitions)
 
-    async def preview(self, file_settings: Settings) -> list[Problem]:
-        """The problems seeding `file_settings` would add to what the database holds now (SIGHUP, start): a file
-        workspace clashing with one the API manages, a workspace dropped that an API-managed pool still lists."""
-        definitions = await self._tables.load()
+    async def seed_checked(self, running: Settings, file_settings: Settings) -> list[Problem]:
+        """Seed `file_settings` unless that adds problems to the configuration `running` (the file this process
+        runs by, with the database) has; returns them, writing nothing. Checked and written in one transaction
+        under the configuration write lock, so no API change can slip in between."""
+        async with config_change(self._tables.db) as connection:
+            added = await self.preview(running, file_settings, connection)
+            if added:
+                return added
+            ignored = await self._tables.sync_file(
+                [workspace_document(w) for w in file_settings.workspaces], connection=connection
+            )
+        if ignored:
+            log.warning(
+                "workspaces.file_ignored",
+                workspaces=ignored,
+                reason="changed through the API since; the database is the source of truth "
+                "(change the file to match, or `relay config export` to see the database's version)",
+            )
+        return []
+
+    async def preview(
+        self, running: Settings, file_settings: Settings, connection: AsyncConnection | None = None
+    ) -> list[Problem]:
+        """The problems seeding `file_settings` would add to the configuration as it is with `running` (SIGHUP,
+        start): a file workspace clashing with one the API manages, a workspace dropped that an API-managed pool
+        still lists, a file pool on a pattern an API pool has."""
+        definitions = await self._tables.load(connection)
         stored = {d.id: d for d in definitions}
         listed = {w.id: workspace_document(w) for w in file_settings.workspaces}
         merged = [(d.id, d.document) for d in definitions if d.managed_by == "api"]
         merged += [(i, doc) for i, doc in listed.items() if i not in stored or stored[i].managed_by != "api"]
-        before = await self._evaluate(file_settings, [(d.id, d.document) for d in definitions], definitions)
-        after = await self._evaluate(file_settings, merged, definitions)
+        before = await self._evaluate(running, [(d.id, d.document) for d in definitions], definitions, connection)
+        after = await self._evaluate(file_settings, merged, definitions, connection)
         known = {str(p) for p in before.problems}
         return [p for p in after.problems if str(p) not in known]
 
@@ -89,9 +113,10 @@ class WorkspaceDefinitions:
         file_settings: Settings,
         documents: list[tuple[str, dict[str, object]]],
         definitions: list[WorkspaceDefinition],
+        connection: AsyncConnection | None = None,
     ) -> Reading:
         versions = {d.id: d.version for d in definitions}
-        rows = await self._pools.load() if self._pools is not None else []
+        rows = await self._pools.load(connection) if self._pools is not None else []
         problems: list[Problem] = []
         validated: dict[str, Workspace | None] = {}
         for workspace_id, document in documents:
@@ -108,21 +133,22 @@ class WorkspaceDefinitions:
             key=lambda i: (validated[i] != self._running.get(i), position.get(i, len(position)), i),
         )
         chosen = {i: validated[i] for i in order}
-        # A workspace a cross-object rule objects to falls back to the version this process runs, then out; each
-        # round removes at least one, so this ends.
-        for _ in range(len(chosen) + 1):
+        # A workspace a cross-object rule objects to falls back to the version this process runs, then out: each
+        # round moves at least one workspace a step down (new → running → out), so 2n + 1 rounds always end it.
+        for _ in range(2 * len(chosen) + 1):
             running = [w for w in chosen.values() if w is not None]
             view = checked_view(file_settings, running, rows)
             found = cross_checks(view)
             blamed = {running[i].id: p for p in found if (i := _workspace_index(p.path)) is not None}
             if not blamed:
                 problems += [Problem(f"database: {_named(p.path, view)}", p.message) for p in found]
-                return Reading(with_workspaces(file_settings, running), problems, versions)
+                unique = list({str(p): p for p in problems}.values())
+                return Reading(with_workspaces(file_settings, running), unique, versions)
             for workspace_id, problem in blamed.items():
                 problems.append(Problem(f"database: {_named(problem.path, view)}", problem.message))
                 fallback = self._running.get(workspace_id)
                 chosen[workspace_id] = fallback if fallback is not None and fallback != chosen[workspace_id] else None
-        raise AssertionError("unreachable: every round removes a workspace")
+        raise AssertionError("unreachable: every round moves a workspace a step down")
 
 
 def _in_file_order(definitions: list[WorkspaceDefinition], settings: Settings) -> list[WorkspaceDefinition]:

@@ -65,10 +65,11 @@ class LiveConfig:
         """Seed the database from the file, then run by what it holds. Raises `ConfigError` when the file would add
         a problem to the database's configuration (a domain a workspace of the API already serves)."""
         async with self._lock:
-            added = await self._definitions.preview(self.file_settings)
+            # The file this process ran before is not known here: problems are "added" relative to this file with
+            # the database as it is, i.e. a workspace of the file against the API's ones.
+            added = await self._definitions.seed_checked(self.file_settings, self.file_settings)
             if added:
                 raise ConfigError(added)
-            await self._definitions.seed(self.file_settings)
             await self._adopt(await self._definitions.read(self.file_settings), "config.started", write_pools=True)
 
     async def inspect(self) -> None:
@@ -89,12 +90,11 @@ class LiveConfig:
             log.error("config.reload_refused", restart_required=needs_restart)
             return needs_restart
         async with self._lock:
-            added = await self._definitions.preview(file_settings)
+            added = await self._definitions.seed_checked(self.file_settings, file_settings)
             if added:  # nothing written: the database and every process keep what they have
                 problems = [str(p) for p in added]
                 log.error("config.reload_refused", problems=problems)
                 return problems
-            await self._definitions.seed(file_settings)
             reading = await self._definitions.read(file_settings)
             self.file_settings = file_settings
             await self._adopt(reading, "config.reloaded", write_pools=True)

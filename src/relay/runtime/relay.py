@@ -46,18 +46,21 @@ from ..store import (
     CountedSend,
     Database,
     EventLog,
+    InboundEvents,
     Ingest,
     MessageQueue,
     Messages,
     NewMessage,
     PoolTables,
     SelectionLog,
+    SuppressionList,
     WebhookStore,
     WorkspaceStates,
     WorkspaceTables,
     timestamp,
 )
 from ..webhooks import Dispatcher, endpoints_from_settings
+from ..webhooks.worker import WorkerProcess
 from .live import LiveConfig
 
 __all__ = ["Relay"]
@@ -75,7 +78,13 @@ class Relay:
     """`start()` brings every part up (the 250 path first); `stop()` shuts down without losing mail."""
 
     def __init__(
-        self, settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None, http: bool = True
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        http: bool = True,
+        webhooks_process: bool = False,
     ) -> None:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -112,6 +121,13 @@ class Relay:
         # Webhooks (issue 8): the outbox's endpoints and the dispatcher that posts to them.
         self.webhook_store = WebhookStore(self.db, self.clock)
         self.dispatcher = Dispatcher(self.webhook_store, clock=self.clock, owner=self.owner, rng=self.rng)
+        # `relay serve` posts webhooks from a process of its own (never event-loop time taken from mail); tests
+        # and tools run the dispatcher in this loop.
+        self._webhooks_worker = (
+            WorkerProcess(settings.database_url, self.owner, settings.log_level, settings.log_format)
+            if webhooks_process
+            else None
+        )
         self.balancer = LoadBalancer(
             self.pools,
             CapacityView(self.limits, self._limits_for_send, self.clock),
@@ -131,6 +147,9 @@ class Relay:
             provider_context=lambda: ProviderContext(rng=self.rng, clock=self.clock),
             notices=ChangeNotices(settings.redis_url, sender=self.owner),
         )
+        # Suppression list and inbound provider events (issue 8): refusing is switched live by `suppression.enabled`.
+        self.suppressions = SuppressionList(self.db, self.clock, enabled=lambda: self.settings.suppression.enabled)
+        self.inbound = InboundEvents(self.db, self.clock)
         self.worker: DeliveryWorker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._smtp: asyncio.Server | None = None
@@ -166,7 +185,11 @@ class Relay:
                 )
         self.selections.start()
         await self.webhook_store.sync_file(endpoints_from_settings(s))
-        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="relay-webhooks"))
+        if self._webhooks_worker is not None:
+            self._webhooks_worker.start()
+            self._tasks.append(asyncio.create_task(self._webhooks_worker.supervise(), name="relay-webhooks"))
+        else:
+            self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="relay-webhooks"))
         self._tasks.append(asyncio.create_task(self.live.follow(), name="relay-config"))
         self._tasks.append(asyncio.create_task(self.live.notices.listen(self.live.wake), name="relay-config-notices"))
         self._tasks.append(asyncio.create_task(self.checker.run(), name="relay-health"))
@@ -191,15 +214,17 @@ class Relay:
             rng=self.rng,
         )
         self.ingest.on_commit(self.worker.notify)
-        self.ingest.on_commit(self.dispatcher.notify)
         self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
         smtp_settings = await self._fit_message_size(s.smtp)
+        await self.suppressions.refresh(full=True)  # suppression list: known before the first RCPT (issue 8)
+        self._tasks.append(asyncio.create_task(self.suppressions.run(), name="relay-suppressions"))
         handler = RelayHandler(
             router=router,
             ingest=self.ingest,
             networks=NetworkPolicy(s.smtp.allowed_networks),
             max_recipients=s.smtp.max_recipients,
             clock=self.clock,
+            suppressed=self.suppressions.refuses,  # suppression list (issue 8)
         )
         self._smtp = await start_smtp_server(smtp_settings, handler)
         if self._http_enabled:
@@ -377,6 +402,8 @@ class Relay:
                 provider_check=self._check_provider,
             ),
             audit=audit,
+            webhooks=self.webhook_store,
+            webhooks_changed=self.dispatcher.forget_endpoints,
             messages=Messages(self.db),
             queue=self.queue,
             ingress=Ingress(
@@ -385,7 +412,10 @@ class Relay:
                 self.settings.smtp.max_message_size,
                 self.settings.smtp.max_recipients,
                 self.clock,
+                refuses=self.suppressions.refuses,  # suppression list (issue 8)
             ),
+            suppressions=self.suppressions,  # suppression list and inbound provider events (issue 8)
+            inbound=self.inbound,
         )
         keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
         return create_app(self.readiness, services, keys)
@@ -426,7 +456,13 @@ class Relay:
         if self.worker is not None:
             self.worker.stop()  # sends in flight finish and are recorded; unstarted claims are given back
         for task in self._tasks:
-            if task.get_name() in ("relay-config", "relay-config-notices", "relay-health", "relay-webhooks"):
+            if task.get_name() in (
+                "relay-config",
+                "relay-config-notices",
+                "relay-health",
+                "relay-webhooks",
+                "relay-suppressions",  # suppression list (issue 8)
+            ):
                 task.cancel()
         self.checker.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -434,6 +470,8 @@ class Relay:
             await self.selections.stop()  # the decisions still buffered
         with contextlib.suppress(Exception):
             await self.dispatcher.aclose()
+        if self._webhooks_worker is not None:
+            await self._webhooks_worker.stop()
         with contextlib.suppress(Exception):
             await self.live.aclose()
         for provider in [*self.providers.values(), *self.live.retired]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -10,7 +11,7 @@ from ..clock import Clock
 from ..errors import StoreError
 from ..mime import extract_metadata
 from ..routing import Router, sender_domain
-from ..store import Ingest, NewMessage, new_message_id
+from ..store import Ingest, NewMessage, Suppression, new_message_id
 from .auth import NetworkPolicy
 
 __all__ = ["RelayHandler"]
@@ -20,13 +21,23 @@ log = structlog.get_logger(__name__)
 
 class RelayHandler:
     def __init__(
-        self, *, router: Router, ingest: Ingest, networks: NetworkPolicy, max_recipients: int, clock: Clock
+        self,
+        *,
+        router: Router,
+        ingest: Ingest,
+        networks: NetworkPolicy,
+        max_recipients: int,
+        clock: Clock,
+        suppressed: Callable[[str], Suppression | None] = lambda _address: None,
     ) -> None:
+        """`suppressed(address)`: the suppression listing that refuses mail to `address`, if any. It must not do
+        I/O: it runs for every RCPT."""
         self.router = router
         self._ingest = ingest
         self._networks = networks
         self._max_recipients = max_recipients
         self._clock = clock
+        self._suppressed = suppressed
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -51,6 +62,12 @@ class RelayHandler:
             return f"452 4.5.3 Too many recipients (at most {self._max_recipients} per message)"
         if "@" not in address:
             return "550 5.1.3 Recipient address must include a domain"
+        listed = self._suppressed(address)
+        if listed is not None:
+            # 5.7.1 (RFC 3463: "delivery not authorized, message refused … per-recipient filtering"): Relay's own
+            # policy refuses, and the mailbox may well exist (a complaint, an unsubscribe, a manual entry).
+            log.info("smtp.recipient_suppressed", reason=listed.reason, peer=session.peer[0])
+            return f"550 5.7.1 <{address}>: {listed.refusal}"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Ok"

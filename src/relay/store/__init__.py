@@ -24,7 +24,7 @@ from .types import (
     Transition,
     WorkspaceState,
 )
-from .webhooks import ClaimedDelivery, DeliveryView, EndpointRow, WebhookStore
+from .webhooks import ClaimedDelivery, DeliveryView, EndpointRow, Settlement, WebhookStore
 from .workspace_defs import FILE_ACTOR, WorkspaceDefinition, WorkspaceTables
 from .workspaces import WorkspaceStates
 
@@ -61,6 +61,7 @@ __all__ = [
     "SelectionLog",
     "SelectionView",
     "Sent",
+    "Settlement",
     "Suppression",
     "SuppressionList",
     "Transition",

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
 from .audit import record_change
+from .config_lock import config_change
 from .database import Database
 from .tables import STRATEGIES, load_balancing_pools, pool_workspaces
 from .timestamps import to_db
@@ -63,7 +64,9 @@ class PoolTables:
         owned_query = sa.select(table.c.id).where(table.c.id.in_([p.id for p in pools]), table.c.managed_by == "api")
         for tries_left in reversed(range(3)):
             try:
-                async with self._db.begin() as connection:
+                # Under the configuration write lock: an API change to one of these pools cannot slip in between
+                # reading who manages it and writing the file's version.
+                async with config_change(self._db) as connection:
                     owned = set((await connection.execute(owned_query)).scalars()) if keep_api_managed else set()
                     for pool in pools:
                         if pool.id not in owned:

@@ -27,7 +27,7 @@ from .database import Database, is_deadlock
 from .tables import events, webhook_deliveries, webhook_endpoints
 from .timestamps import from_db, to_db
 
-__all__ = ["ClaimedDelivery", "DeliveryView", "EndpointRow", "WebhookStore", "sampled", "subscribes"]
+__all__ = ["ClaimedDelivery", "DeliveryView", "EndpointRow", "Settlement", "WebhookStore", "sampled", "subscribes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,14 @@ class ClaimedDelivery:
     attempts: int
     created_at: datetime
     lease_owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What became of one claimed delivery, to record with the others of its pass (`WebhookStore.settle`)."""
+
+    claim: ClaimedDelivery
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,44 +307,43 @@ class WebhookStore:
             for r in rows
         ]
 
-    async def delivered(self, claim: ClaimedDelivery, status: int) -> bool:
-        return await self._settle(
+    def delivered(self, claim: ClaimedDelivery, status: int) -> Settlement:
+        return Settlement(
             claim,
-            status="delivered",
-            attempts=claim.attempts + 1,
-            last_status=status,
-            last_error=None,
-            next_attempt_at=None,
-            delivered_at=to_db(self._clock.now()),
+            {
+                "status": "delivered",
+                "attempts": claim.attempts + 1,
+                "last_status": status,
+                "last_error": None,
+                "next_attempt_at": None,
+                "delivered_at": to_db(self._clock.now()),
+            },
         )
 
-    async def retry(self, claim: ClaimedDelivery, at: datetime, status: int | None, error: str) -> bool:
-        return await self._settle(
-            claim,
-            attempts=claim.attempts + 1,
-            last_status=status,
-            last_error=error[:2000],
-            next_attempt_at=to_db(at),
-        )
+    def retry(self, claim: ClaimedDelivery, at: datetime, status: int | None, error: str) -> Settlement:
+        values = {"attempts": claim.attempts + 1, "last_status": status, "last_error": error[:2000]}
+        return Settlement(claim, {**values, "next_attempt_at": to_db(at)})
 
-    async def give_up(self, claim: ClaimedDelivery, status: int | None, error: str) -> bool:
-        return await self._settle(
-            claim,
-            status="failed",
-            attempts=claim.attempts + 1,
-            last_status=status,
-            last_error=error[:2000],
-            next_attempt_at=None,
-        )
+    def give_up(self, claim: ClaimedDelivery, status: int | None, error: str) -> Settlement:
+        values = {"attempts": claim.attempts + 1, "last_status": status, "last_error": error[:2000]}
+        return Settlement(claim, {**values, "status": "failed", "next_attempt_at": None})
 
-    async def _settle(self, claim: ClaimedDelivery, **values: Any) -> bool:
+    async def settle(self, settlements: Sequence[Settlement]) -> int:
+        """Record a pass's answers in one transaction (one commit for the lot, not one per post). A delivery whose
+        lease was lost meanwhile is left to its new holder. Returns how many were recorded."""
+        recorded = 0
         async with self._db.begin() as connection:
-            result = await connection.execute(
-                webhook_deliveries.update()
-                .where(webhook_deliveries.c.id == claim.id, webhook_deliveries.c.lease_owner == claim.lease_owner)
-                .values(lease_owner=None, **values)
-            )
-        return result.rowcount == 1
+            for s in settlements:
+                result = await connection.execute(
+                    webhook_deliveries.update()
+                    .where(
+                        webhook_deliveries.c.id == s.claim.id,
+                        webhook_deliveries.c.lease_owner == s.claim.lease_owner,
+                    )
+                    .values(lease_owner=None, **s.values)
+                )
+                recorded += result.rowcount
+        return recorded
 
     async def deliveries(
         self, endpoint_id: str, *, status: str | None = None, before: int | None = None, limit: int = 100

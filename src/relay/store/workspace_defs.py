@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..clock import Clock
 from .audit import record_change
+from .config_lock import config_change
 from .database import Database
 from .tables import workspaces
 from .timestamps import to_db
@@ -41,6 +42,10 @@ class WorkspaceTables:
         self._db = db
         self._clock = clock
 
+    @property
+    def db(self) -> Database:
+        return self._db
+
     async def versions(self) -> dict[str, int]:
         """(id → version) of every defined workspace: one small query, polled every second."""
         query = sa.select(workspaces.c.id, workspaces.c.version).where(workspaces.c.definition.is_not(None))
@@ -60,14 +65,19 @@ class WorkspaceTables:
     async def get(self, workspace_id: str, connection: AsyncConnection | None = None) -> WorkspaceDefinition | None:
         return next((d for d in await self.load(connection) if d.id == workspace_id), None)
 
-    async def sync_file(self, documents: Sequence[dict[str, Any]]) -> list[str]:
+    async def sync_file(
+        self, documents: Sequence[dict[str, Any]], connection: AsyncConnection | None = None
+    ) -> list[str]:
         """Make the file-managed definitions exactly `documents` (audited as `config-file` where they change),
-        except workspaces the API has taken over. Returns the ids left alone."""
+        except workspaces the API has taken over. Returns the ids left alone. Without `connection`, in a
+        transaction of its own under the configuration write lock (an API change cannot interleave)."""
         listed = {str(d["id"]): d for d in documents}
+        if connection is not None:
+            return await self._sync(connection, listed)
         for tries_left in reversed(range(3)):
             try:
-                async with self._db.begin() as connection:
-                    return await self._sync(connection, listed)
+                async with config_change(self._db) as locked:
+                    return await self._sync(locked, listed)
             except IntegrityError:
                 # Another process inserted the same workspace first; the next try updates its row instead.
                 if not tries_left:

@@ -19,7 +19,7 @@ import httpx
 import structlog
 
 from ..clock import Clock
-from ..store import ClaimedDelivery, EndpointRow, WebhookStore
+from ..store import ClaimedDelivery, EndpointRow, Settlement, WebhookStore
 from .formats import request_for
 
 __all__ = ["Dispatcher"]
@@ -37,6 +37,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         client: httpx.AsyncClient | None = None,
         concurrency: int = 16,
+        batch: int = 512,
         timeout: float = 10.0,
         lease_seconds: float = 60.0,
         poll_interval: float = 0.25,
@@ -50,6 +51,7 @@ class Dispatcher:
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._owns_client = client is None
         self._concurrency = concurrency
+        self._batch = batch
         self._timeout = timeout
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
@@ -68,12 +70,12 @@ class Dispatcher:
         """Until cancelled. Errors (the database away) are logged and the pass is tried again."""
         while True:
             try:
-                busy = await self.run_once()
+                await self.run_once()
             except Exception as exc:
                 log.warning("webhooks.pass_failed", error=f"{type(exc).__name__}: {exc}")
-                busy = 0
-            if busy:
-                continue  # more may be due right away
+            # Never back to back, even with a backlog: a pass takes the database's write lock three times
+            # (fan-out, claim, settle), and mail must get it first. A pass moves up to `batch` deliveries, so a
+            # backlog still drains at thousands of events per second.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             self._wake.clear()
@@ -81,20 +83,28 @@ class Dispatcher:
     async def run_once(self) -> int:
         """One pass: fan out, claim, post, record. Returns the number of deliveries attempted."""
         endpoints = await self._current_endpoints()
-        await self._store.fan_out([e for e in endpoints.values() if e.enabled])
+        await self._store.fan_out([e for e in endpoints.values() if e.enabled], limit=4 * self._batch)
         await self._prune()
-        claims = await self._store.claim(
-            owner=self._owner, limit=self._concurrency * 4, lease_seconds=self._lease_seconds
-        )
+        claims = await self._store.claim(owner=self._owner, limit=self._batch, lease_seconds=self._lease_seconds)
         if not claims:
             return 0
         limit = asyncio.Semaphore(self._concurrency)
 
-        async def deliver(claim: ClaimedDelivery) -> None:
+        async def deliver(claim: ClaimedDelivery) -> tuple[Settlement, bool | None]:
             async with limit:
-                await self._deliver(claim, endpoints.get(claim.endpoint_id))
+                return await self._deliver(claim, endpoints.get(claim.endpoint_id))
 
-        await asyncio.gather(*(deliver(c) for c in claims))
+        results = await asyncio.gather(*(deliver(c) for c in claims))
+        await self._store.settle([settlement for settlement, _ in results])
+        # Then each endpoint's run of failures: ended by a success, started (or, after a day, ended by disabling
+        # the endpoint) by a failure.
+        outcomes: dict[str, list[tuple[Settlement, bool | None]]] = {}
+        for settlement, ok in results:
+            outcomes.setdefault(settlement.claim.endpoint_id, []).append((settlement, ok))
+        for endpoint_id, answers in outcomes.items():
+            endpoint = endpoints.get(endpoint_id)
+            if endpoint is not None:
+                await self._note_endpoint(endpoint, answers)
         return len(claims)
 
     async def _current_endpoints(self) -> dict[str, EndpointRow]:
@@ -116,18 +126,16 @@ class Dispatcher:
         """Re-read the endpoints at the next pass (an API change in this process)."""
         self._endpoints_read_at = None
 
-    async def _deliver(self, claim: ClaimedDelivery, endpoint: EndpointRow | None) -> None:
+    async def _deliver(self, claim: ClaimedDelivery, endpoint: EndpointRow | None) -> tuple[Settlement, bool | None]:
+        """Post one delivery; what to record, and whether the endpoint answered well (None: not asked)."""
         now = self._clock.now()
         if endpoint is None:
-            await self._store.give_up(claim, None, "the endpoint was deleted")
-            return
+            return self._store.give_up(claim, None, "the endpoint was deleted"), None
         if not endpoint.enabled:
-            await self._store.retry(claim, now + timedelta(minutes=5), None, "endpoint disabled")
-            return
+            return self._store.retry(claim, now + timedelta(minutes=5), None, "endpoint disabled"), None
         request = request_for(endpoint, claim, now=now.timestamp())
         if request is None:  # nothing in this endpoint's format for this event
-            await self._store.delivered(claim, 0)
-            return
+            return self._store.delivered(claim, 0), None
         status: int | None = None
         try:
             response = await self._client.post(
@@ -138,25 +146,27 @@ class Dispatcher:
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         if not error:
-            await self._store.delivered(claim, status or 200)
+            return self._store.delivered(claim, status or 200), True
+        if now - claim.created_at >= self._give_up_after:
+            log.error("webhooks.given_up", endpoint_id=endpoint.id, event_id=claim.event_id, error=error)
+            return self._store.give_up(claim, status, f"given up after {claim.attempts + 1} attempts: {error}"), False
+        return self._store.retry(claim, now + self.backoff(claim.attempts + 1), status, error), False
+
+    async def _note_endpoint(self, endpoint: EndpointRow, answers: list[tuple[Settlement, bool | None]]) -> None:
+        now = self._clock.now()
+        if any(ok for _, ok in answers):
             if endpoint.failing_since is not None:
                 await self._store.note_failing(endpoint.id, None)
                 self._endpoints[endpoint.id] = _with_failing(endpoint, None)
             return
-        await self._failed(claim, endpoint, status, error, now)
-
-    async def _failed(
-        self, claim: ClaimedDelivery, endpoint: EndpointRow, status: int | None, error: str, now: datetime
-    ) -> None:
-        if now - claim.created_at >= self._give_up_after:
-            await self._store.give_up(claim, status, f"given up after {claim.attempts + 1} attempts: {error}")
-            log.error("webhooks.given_up", endpoint_id=endpoint.id, event_id=claim.event_id, error=error)
-        else:
-            await self._store.retry(claim, now + self.backoff(claim.attempts + 1), status, error)
+        failures = [s for s, ok in answers if ok is False]
+        if not failures:
+            return
         if endpoint.failing_since is None:
             await self._store.note_failing(endpoint.id, now)
             self._endpoints[endpoint.id] = _with_failing(endpoint, now)
         elif now - endpoint.failing_since >= self._disable_after:
+            error = failures[-1].values.get("last_error") or "failed"
             reason = f"every delivery failed since {endpoint.failing_since.isoformat()}; last: {error}"
             await self._store.disable(endpoint, reason)
             self._endpoints[endpoint.id] = _disabled(endpoint, reason)
