@@ -44,6 +44,7 @@ bench: setup-dev
 	$(BIN)/python -m bench.limits
 	$(BIN)/python -m bench.balancer
 	$(BIN)/python -m bench.decision
+	$(BIN)/python -m bench.webhooks
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -108,3 +108,22 @@ async def test_odd_identifiers_are_4xx_never_500(relay: Relay) -> None:
             answer = await api.request(method, url, headers=ADMIN)
             assert 400 <= answer.status_code < 500, (method, url, answer.status_code, answer.text)
             assert "error" in answer.json()
+
+
+async def test_nul_in_a_json_body_is_400_not_500(postgres_url: str, tmp_path: Path) -> None:
+    data = config(
+        postgres_url,
+        [sandbox_workspace("ws-a", ["joinmednet.org"], tmp_path / "a")],
+        http={"api_keys": [{"name": "ops", "key": "admin-key-every-2", "role": "admin"}]},
+    )
+    relay = await start_relay(data, tmp_path)
+    try:
+        transport = httpx.ASGITransport(app=relay.api_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+            body = {"id": "nul", "name": "a\u0000b", "domain_patterns": ["nul.example"], "workspaces": []}
+            answer = await api.post("/api/v1/pools", json=body, headers=ADMIN)
+            assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_request"
+            fine = {**body, "name": "ab"}
+            assert (await api.post("/api/v1/pools", json=fine, headers=ADMIN)).status_code == 201  # body re-read
+    finally:
+        await relay.stop()

@@ -77,6 +77,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # instead of failing in the driver.
         if "\x00" in request.url.path or "%00" in request.url.query or "%00" in request.url.path:
             return JSONResponse(_body("bad_request", "NUL characters are not allowed in paths or queries"), 400)
+        if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", ""):
+            body = await request.body()  # cached: the route reads it again
+            if b"\\u0000" in body or b"\x00" in body:
+                return JSONResponse(_body("bad_request", "NUL characters are not allowed in JSON bodies"), 400)
         return await call_next(request)
 
     @app.exception_handler(ApiError)
