@@ -51,6 +51,8 @@ async def test_webhooks_crud_with_a_write_only_secret_and_a_delivery_log(relay: 
         created = await api.post("/api/v1/webhooks", json=body, headers=ADMIN)
         assert created.status_code == 201, created.text
         assert created.json()["secret_set"] is True and SECRET not in created.text
+        too_long = {**body, "id": "long", "url": receiver.url + "?" + "a" * 2100}
+        assert (await api.post("/api/v1/webhooks", json=too_long, headers=ADMIN)).status_code == 422
         again = await api.post("/api/v1/webhooks", json=body, headers=ADMIN)
         assert again.status_code == 409 and again.json()["error"]["field"] == "id"
 

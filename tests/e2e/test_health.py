@@ -96,8 +96,16 @@ async def test_a_member_refusing_connections_is_ejected_and_readmitted_by_its_ch
 
             proxy.cut()  # connections to the smtp workspace are refused from now on
             with structlog.testing.capture_logs() as logs:
-                during = await submit_many(relay, SENDER, 30, tag="health", first=15)
-                await wait_for_statuses(relay, {"sent": 45})  # none failed, none waiting
+                # One message at a time until the breaker opens (how fast a machine accepts compared with how
+                # fast it delivers must not decide whether any message is queued after it), then 15 more.
+                during: dict[int, str] = {}
+                count = 15
+                while not changes(logs, "smtp-ws") and count < 45:
+                    during.update(await submit_many(relay, SENDER, 1, tag="health", first=count))
+                    count += 1
+                    await wait_for_statuses(relay, {"sent": count})  # none failed, none waiting
+                during.update(await submit_many(relay, SENDER, 15, tag="health", first=count))
+                await wait_for_statuses(relay, {"sent": count + 15})
             attempts = await attempts_of(relay, list(during.values()))
 
             # Ejected within the threshold: exactly THRESHOLD sends were refused a connection, each failed over
@@ -121,7 +129,8 @@ async def test_a_member_refusing_connections_is_ejected_and_readmitted_by_its_ch
                 assert set(attempt.selection["scores"]) == set(SANDBOXES)
             assert relay.health.health("smtp-ws").state == "open"
             assert len(sink.received()) == used["smtp-ws"]
-            assert sum(delivered(tmp_path, ws) for ws in SANDBOXES) == 45 - used["smtp-ws"]
+            total = count + 15
+            assert sum(delivered(tmp_path, ws) for ws in SANDBOXES) == total - used["smtp-ws"]
 
             # The first active check falls due (within the first interval's jitter) while it still refuses: it
             # fails and the member stays out. Calling `start_due` ourselves makes the moment exact.
@@ -145,8 +154,8 @@ async def test_a_member_refusing_connections_is_ejected_and_readmitted_by_its_ch
                 await async_wait_for(
                     lambda: relay.health.available("smtp-ws"), timeout=5, what="the check to readmit smtp-ws"
                 )
-                after = await submit_many(relay, SENDER, 15, tag="health", first=45)
-                await wait_for_statuses(relay, {"sent": 60})
+                after = await submit_many(relay, SENDER, 15, tag="health", first=total)
+                await wait_for_statuses(relay, {"sent": total + 15})
             assert changes(logs, "smtp-ws") == [("open", "half_open"), ("half_open", "healthy")]
             assert relay.health.health("smtp-ws").state == "healthy"
             attempts = await attempts_of(relay, list(after.values()))

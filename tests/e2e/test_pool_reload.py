@@ -181,7 +181,8 @@ def test_sighup_changes_weights_live(sqlite_url: str, tmp_path: Path, relays: li
 
     # Each attempt names the pool, the workspace and the decision; the decision log gets one row per pick.
     some_id, some_ws = next(iter(first.items()))
-    [attempt], _ = attempts_and_selections(sqlite_url, some_id)
+    # The sandbox writes the file before the attempt is recorded: wait for the record.
+    [attempt] = wait_for(lambda: attempts_and_selections(sqlite_url, some_id)[0], timeout=5, what="the attempt")
     assert (attempt.workspace_id, attempt.pool_id, attempt.outcome) == (some_ws, "invite", "sent")
     assert attempt.selection["pool"] == "invite"
     assert attempt.selection["strategy"] == "round_robin"
@@ -196,7 +197,9 @@ def test_sighup_changes_weights_live(sqlite_url: str, tmp_path: Path, relays: li
     assert reloaded["pools"] == 1
     second = delivered(tmp_path, submit(relay.smtp_port, 8))
     assert used(second) == {"ws-a": 8}
-    [attempt], _ = attempts_and_selections(sqlite_url, next(iter(second)))
+    [attempt] = wait_for(
+        lambda: attempts_and_selections(sqlite_url, next(iter(second)))[0], timeout=5, what="the attempt"
+    )
     assert attempt.selection["excluded"] == {"ws-b": "zero_weight"}
 
     # And back: a member switched off with `enabled: false` instead, the other one on again.
@@ -312,7 +315,7 @@ def test_a_pool_added_in_the_database_starts_taking_mail(
     assert time.monotonic() - inserted < 3
     ids = [first, *submit(relay.smtp_port, 3, "letters@mail.news.test")]
     assert used(delivered(tmp_path, ids)) == {"ws-b": 4}
-    [attempt], _ = attempts_and_selections(sqlite_url, first)
+    [attempt] = wait_for(lambda: attempts_and_selections(sqlite_url, first)[0], timeout=5, what="the attempt")
     assert (attempt.workspace_id, attempt.pool_id) == ("ws-b", "news")
     # The file's pool is untouched by the table-only pool.
     assert set(used(delivered(tmp_path, submit(relay.smtp_port, 2)))) == set(MEMBERS)

@@ -10,8 +10,13 @@ import random
 from collections import defaultdict
 from datetime import timedelta
 
+import pytest
+import sqlalchemy as sa
+
 from relay.clock import ManualClock
 from relay.store import AuditLog, Database, EndpointRow, EventLog, WebhookStore
+from relay.store.tables import events, webhook_deliveries
+from relay.store.timestamps import to_db
 from relay.webhooks import Dispatcher
 from tests.support.receiver import Receiver
 
@@ -114,3 +119,49 @@ async def test_several_dispatchers_share_the_work_in_order(db: Database) -> None
     # each exactly once (nothing failed, nothing was leased twice), `config.changed` of the endpoint included
     assert len(receiver.accepted()) == emitted + 1
     assert received_in_order(receiver) == {m: list(STEPS) for m in MESSAGES}
+
+
+async def test_a_later_event_waits_for_an_earlier_one_not_yet_fanned_out(db: Database) -> None:
+    """Events of one message committed out of id order (or held by another process's fan-out) still go in order:
+    a delivery waits while an earlier event of its message is not fanned out yet."""
+    clock = ManualClock()
+    store = WebhookStore(db, clock)
+    await store.sync_file([EndpointRow(id="hook", url="http://127.0.0.1:9/hooks", secret=None, events=("*",))])
+    log = EventLog(db, clock)
+    await log.emit("message.queued", {"message_id": MESSAGES[0], "step": "queued"}, MESSAGES[0])
+    await log.emit("message.sent", {"message_id": MESSAGES[0], "step": "sent"}, MESSAGES[0])
+    async with db.begin() as connection:  # the later event fanned out first, as another process may
+        first, second = (await connection.execute(sa.select(events.c.id).order_by(events.c.id))).scalars().all()[-2:]
+        await connection.execute(events.update().where(events.c.id != first).values(fanned_out=True))
+        await connection.execute(
+            webhook_deliveries.insert().values(
+                endpoint_id="hook", event_id=second, message_id=MESSAGES[0], status="pending", attempts=0,
+                next_attempt_at=to_db(clock.now()), created_at=to_db(clock.now()),
+            )
+        )  # fmt: skip
+    assert await store.claim(owner="b", limit=10, lease_seconds=60) == []  # `sent` waits for `queued`
+    await store.fan_out(await store.endpoints())
+    claimed = await store.claim(owner="a", limit=10, lease_seconds=60)
+    assert [c.event_id for c in claimed] == [first]
+
+
+async def test_a_secret_this_process_cannot_read_is_never_posted_unsigned(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RELAY_SECRET_HOOK", raising=False)
+    clock = ManualClock()
+    store = WebhookStore(db, clock)
+    with Receiver() as receiver:
+        endpoint = EndpointRow(id="hook", url=receiver.url, secret="env:RELAY_SECRET_HOOK", events=("*",))
+        await store.sync_file([endpoint])
+        await EventLog(db, clock).emit("message.sent", {"message_id": MESSAGES[0], "step": "x"}, MESSAGES[0])
+        dispatcher = Dispatcher(store, clock=clock, owner="test", rng=random.Random(3))
+        await dispatcher.run_once()
+        assert receiver.posts == []
+        [pending] = [d for d in await store.deliveries("hook", status="pending") if d.event_type == "message.sent"]
+        assert "RELAY_SECRET_HOOK" in (pending.last_error or "")
+        monkeypatch.setenv("RELAY_SECRET_HOOK", "now-set")
+        clock.advance(60)
+        await dispatcher.run_once()
+        await dispatcher.aclose()
+        assert len(receiver.accepted()) >= 1 and all("x-relay-signature" in p.headers for p in receiver.accepted())

@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, Field, HttpUrl
+from pydantic import BaseModel, Field, HttpUrl, field_validator
+from sqlalchemy.exc import IntegrityError
 
 from ..config.documents import SECRET_MASK
 from ..config.models import EVENT_PATTERN
@@ -36,6 +37,13 @@ class WebhookIn(BaseModel):
     format: Literal["relay", "mandrill"] = "relay"
     workspace_selected_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _fits(cls, url: HttpUrl) -> HttpUrl:
+        if len(str(url)) > 2048:
+            raise ValueError("at most 2048 characters")
+        return url
 
 
 class WebhookOut(BaseModel):
@@ -146,7 +154,10 @@ def webhooks_router(store: WebhookStore, keys: ApiKeys, changed: Callable[[], No
             workspace_selected_sample=body.workspace_selected_sample,
             enabled=body.enabled,
         )
-        await store.save(endpoint, actor=caller.name, before=None)
+        try:
+            await store.save(endpoint, actor=caller.name, before=None)
+        except IntegrityError:  # a concurrent create of the same id won
+            raise ApiError(409, f'webhook "{endpoint_id}" exists', field="id") from None
         changed()
         return _out(await current(endpoint_id))
 

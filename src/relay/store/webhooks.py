@@ -14,7 +14,7 @@ import fnmatch
 import hashlib
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -133,6 +133,9 @@ class WebhookStore:
                 before = current.get(endpoint.id)
                 if before is not None and before.managed_by == "api":
                     continue
+                if before is not None and before.disabled_reason is not None and not before.enabled:
+                    # Disabled by the dispatcher: a restart is no reason to post to it again (the API re-enables).
+                    endpoint = replace(endpoint, enabled=False, disabled_reason=before.disabled_reason)
                 if before is not None and _same(before, endpoint):
                     continue
                 await _write_endpoint(connection, endpoint, "file", now, exists=before is not None)
@@ -265,9 +268,16 @@ class WebhookStore:
             )
             .exists()
         )
+        # An earlier event of the message not yet fanned out (another process holds it, or it committed after a
+        # later one) holds the delivery back too: order per message must not depend on who fans out first.
+        unfanned = (
+            sa.select(events.c.id)
+            .where(events.c.message_id == d.c.message_id, events.c.id < d.c.event_id, events.c.fanned_out == sa.false())
+            .exists()
+        )
         due = (
             sa.select(d.c.id)
-            .where(d.c.status == "pending", d.c.next_attempt_at <= to_db(now), ~blocked)
+            .where(d.c.status == "pending", d.c.next_attempt_at <= to_db(now), ~blocked, ~unfanned)
             .order_by(d.c.id)
             .limit(limit)
         )

@@ -20,7 +20,7 @@ import structlog
 
 from ..clock import Clock
 from ..store import ClaimedDelivery, EndpointRow, Settlement, WebhookStore
-from .formats import request_for
+from .formats import UnsignableError, request_for
 
 __all__ = ["Dispatcher"]
 
@@ -39,7 +39,7 @@ class Dispatcher:
         concurrency: int = 16,
         batch: int = 512,
         timeout: float = 10.0,
-        lease_seconds: float = 60.0,
+        lease_seconds: float = 300.0,
         poll_interval: float = 0.25,
         give_up_after: timedelta = timedelta(hours=24),
         disable_after: timedelta = timedelta(hours=24),
@@ -85,7 +85,15 @@ class Dispatcher:
         endpoints = await self._current_endpoints()
         await self._store.fan_out([e for e in endpoints.values() if e.enabled], limit=4 * self._batch)
         await self._prune()
-        claims = await self._store.claim(owner=self._owner, limit=self._batch, lease_seconds=self._lease_seconds)
+        # A pass must end well inside its leases, even if every post waits the whole timeout: else another process
+        # takes them over and posts again. So no more than half what `concurrency` posts can do in a lease.
+        fits = int(self._concurrency * self._lease_seconds / self._timeout / 2)
+        claims = await self._store.claim(
+            owner=self._owner, limit=max(1, min(self._batch, fits)), lease_seconds=self._lease_seconds
+        )
+        if any(c.endpoint_id not in endpoints for c in claims):
+            self._endpoints_read_at = None  # created since the last read, by another process
+            endpoints = await self._current_endpoints()
         if not claims:
             return 0
         limit = asyncio.Semaphore(self._concurrency)
@@ -133,7 +141,11 @@ class Dispatcher:
             return self._store.give_up(claim, None, "the endpoint was deleted"), None
         if not endpoint.enabled:
             return self._store.retry(claim, now + timedelta(minutes=5), None, "endpoint disabled"), None
-        request = request_for(endpoint, claim, now=now.timestamp())
+        try:
+            request = request_for(endpoint, claim, now=now.timestamp())
+        except UnsignableError as exc:
+            log.error("webhooks.unsignable", endpoint_id=endpoint.id, error=str(exc))
+            return self._store.retry(claim, now + self.backoff(claim.attempts + 1), None, str(exc)), False
         if request is None:  # nothing in this endpoint's format for this event
             return self._store.delivered(claim, 0), None
         status: int | None = None
@@ -147,7 +159,9 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         if not error:
             return self._store.delivered(claim, status or 200), True
-        if now - claim.created_at >= self._give_up_after:
+        # At least a few tries, whatever the age: a delivery that waited behind an earlier event of its message,
+        # or for its endpoint to be enabled again, still gets its chance.
+        if now - claim.created_at >= self._give_up_after and claim.attempts + 1 >= _MIN_ATTEMPTS:
             log.error("webhooks.given_up", endpoint_id=endpoint.id, event_id=claim.event_id, error=error)
             return self._store.give_up(claim, status, f"given up after {claim.attempts + 1} attempts: {error}"), False
         return self._store.retry(claim, now + self.backoff(claim.attempts + 1), status, error), False
@@ -181,6 +195,9 @@ class Dispatcher:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+
+_MIN_ATTEMPTS = 3
 
 
 def _with_failing(endpoint: EndpointRow, since: datetime | None) -> EndpointRow:

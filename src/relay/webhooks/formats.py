@@ -24,7 +24,11 @@ from ..store import ClaimedDelivery, EndpointRow
 from .endpoints import resolved_secret
 from .signing import mandrill_signature, relay_signature
 
-__all__ = ["Request", "mandrill_events", "request_for"]
+__all__ = ["Request", "UnsignableError", "mandrill_events", "request_for"]
+
+
+class UnsignableError(Exception):
+    """The endpoint has a secret this process cannot read (`env:NAME` not set): posting unsigned is not an option."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,7 @@ def request_for(endpoint: EndpointRow, delivery: ClaimedDelivery, now: float | N
             return None
         fields = {"mandrill_events": json.dumps(batch, separators=(",", ":"))}
         headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "Mandrill-Webhook/1.0"}
-        secret = resolved_secret(endpoint.secret)
+        secret = _secret(endpoint)
         if secret:
             headers["X-Mandrill-Signature"] = mandrill_signature(secret, endpoint.url, fields)
         return Request(urlencode(fields).encode(), headers)
@@ -52,7 +56,7 @@ def request_for(endpoint: EndpointRow, delivery: ClaimedDelivery, now: float | N
         "X-Relay-Event": delivery.event_type,
         "X-Relay-Event-Id": str(delivery.event_id),
     }
-    secret = resolved_secret(endpoint.secret)
+    secret = _secret(endpoint)
     if secret:
         headers["X-Relay-Signature"] = relay_signature(secret, int(now or time.time()), body)
     return Request(body, headers)
@@ -104,6 +108,13 @@ def mandrill_events(payload: dict[str, Any]) -> list[dict[str, Any]]:
             msg["smtp_events"] = [{"ts": ts, "type": "deferred", "diag": data.get("reason") or ""}]
         out.append({"event": name, "_id": data.get("message_id"), "ts": ts, "msg": msg})
     return out
+
+
+def _secret(endpoint: EndpointRow) -> str | None:
+    secret = resolved_secret(endpoint.secret)
+    if endpoint.secret and not secret:
+        raise UnsignableError(f"the endpoint's secret {endpoint.secret} is not set in this process's environment")
+    return secret
 
 
 def _unix(stamp: str) -> int:
