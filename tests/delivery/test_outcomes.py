@@ -182,8 +182,13 @@ async def test_a_provider_quota_signal_pauses_the_workspace(database_url: str, t
         sink.behaviour.data_replies = ["454 Throttling failure: Maximum sending rate exceeded"]
         first = await submit(relay, ["a@example.org"])
         throttled = await settled(relay, first, "deferred")
+
+        # The shared state is written right after the attempt is recorded: poll for it.
+        async def paused() -> bool:
+            return (await relay.states.all())["ses"].state == "paused"
+
+        await async_wait_for(paused, timeout=10, what="the workspace paused")
         state = (await relay.states.all())["ses"]
-        assert state.state == "paused"
         assert state.recheck_at is not None
         assert round((state.recheck_at - state.changed_at).total_seconds()) == 600
         assert throttled.next_attempt_at == state.recheck_at

@@ -148,19 +148,19 @@ async def test_a_later_event_waits_for_an_earlier_one_not_yet_fanned_out(db: Dat
 async def test_a_secret_this_process_cannot_read_is_never_posted_unsigned(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("RELAY_SECRET_HOOK", raising=False)
+    monkeypatch.delenv("RELAY_SECRET_TEST_HOOK", raising=False)
     clock = ManualClock()
     store = WebhookStore(db, clock)
     with Receiver() as receiver:
-        endpoint = EndpointRow(id="hook", url=receiver.url, secret="env:RELAY_SECRET_HOOK", events=("*",))
+        endpoint = EndpointRow(id="hook", url=receiver.url, secret="env:RELAY_SECRET_TEST_HOOK", events=("*",))
         await store.sync_file([endpoint])
         await EventLog(db, clock).emit("message.sent", {"message_id": MESSAGES[0], "step": "x"}, MESSAGES[0])
         dispatcher = Dispatcher(store, clock=clock, owner="test", rng=random.Random(3))
         await dispatcher.run_once()
         assert receiver.posts == []
         [pending] = [d for d in await store.deliveries("hook", status="pending") if d.event_type == "message.sent"]
-        assert "RELAY_SECRET_HOOK" in (pending.last_error or "")
-        monkeypatch.setenv("RELAY_SECRET_HOOK", "now-set")
+        assert "RELAY_SECRET_TEST_HOOK" in (pending.last_error or "")
+        monkeypatch.setenv("RELAY_SECRET_TEST_HOOK", "now-set")
         clock.advance(60)
         await dispatcher.run_once()
         await dispatcher.aclose()
