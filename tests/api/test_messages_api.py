@@ -11,6 +11,7 @@ import pytest
 
 from relay.clock import ManualClock
 from relay.runtime import Relay
+from tests.support.api import api_client
 from tests.support.pools import pool, submit_many, wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, start_relay
 
@@ -40,7 +41,7 @@ async def relay(database_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

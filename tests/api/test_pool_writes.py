@@ -13,6 +13,7 @@ import pytest
 
 from relay.routing import Route
 from relay.runtime import Relay
+from tests.support.api import api_client, viewer_and_admin
 from tests.support.pools import pool
 from tests.support.relay import config, sandbox_workspace, settings_from, start_relay
 
@@ -28,12 +29,7 @@ def data(sqlite_url: str, tmp_path: Path) -> dict[str, Any]:
             sandbox_workspace("ws-b", ["mednet.example"], tmp_path / "b"),
         ],
         load_balancing_pools=[pool("invite", ["invite.com"], [("ws-a", 3.0), ("ws-b", 1.0)])],
-        http={
-            "api_keys": [
-                {"name": "dash", "key": "viewer-key-0b5e"},
-                {"name": "ops", "key": "admin-key-77d1", "role": "admin"},
-            ]
-        },
+        http=viewer_and_admin("viewer-key-0b5e", "admin-key-77d1"),
     )
 
 
@@ -46,7 +42,7 @@ async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from relay.runtime import Relay
 from relay.store import Messages
+from tests.support.api import api_client
 from tests.support.pools import wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, start_relay
 
@@ -39,7 +40,7 @@ async def relay(database_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from relay.runtime import Relay
+from tests.support.api import api_client
 from tests.support.inbound import rcpt
 from tests.support.pools import wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, start_relay
@@ -44,7 +45,7 @@ async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

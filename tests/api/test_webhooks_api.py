@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from relay.runtime import Relay
+from tests.support.api import api_client, viewer_and_admin
 from tests.support.net import async_wait_for
 from tests.support.pools import submit_many
 from tests.support.receiver import Receiver
@@ -25,12 +26,7 @@ async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
     data = config(
         sqlite_url,
         [sandbox_workspace("ws-a", ["a.example"], tmp_path / "a")],
-        http={
-            "api_keys": [
-                {"name": "dash", "key": "viewer-key-hooks-1"},
-                {"name": "ops", "key": "admin-key-hooks-2", "role": "admin"},
-            ]
-        },
+        http=viewer_and_admin("viewer-key-hooks-1", "admin-key-hooks-2"),
     )
     started = await start_relay(data, tmp_path)
     yield started
@@ -39,7 +35,7 @@ async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

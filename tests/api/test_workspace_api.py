@@ -15,6 +15,7 @@ import pytest
 
 from relay.routing import Route
 from relay.runtime import Relay
+from tests.support.api import api_client, viewer_and_admin
 from tests.support.pools import pool, submit_many, wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, settings_from, start_relay
 
@@ -31,12 +32,7 @@ def data(sqlite_url: str, tmp_path: Path) -> dict[str, Any]:
         ],
         load_balancing_pools=[pool("invite", ["invite.com"], [("ws-a", 3.0), ("ws-b", 1.0)])],
         fallback_workspace="ws-a",
-        http={
-            "api_keys": [
-                {"name": "dash", "key": "viewer-key-4d2a"},
-                {"name": "ops", "key": "admin-key-9c3e", "role": "admin"},
-            ]
-        },
+        http=viewer_and_admin("viewer-key-4d2a", "admin-key-9c3e"),
     )
 
 
@@ -49,7 +45,7 @@ async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from relay.runtime import Relay
+from tests.support.api import api_client, viewer_and_admin
 from tests.support.relay import config, sandbox_workspace, start_relay
 
 VIEWER_KEY = secrets.token_hex(12)
@@ -42,12 +43,7 @@ async def relay(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     data = config(
         sqlite_url,
         [sandbox_workspace("ws-a", ["joinmednet.org"], tmp_path / "a"), filed],
-        http={
-            "api_keys": [
-                {"name": "dash", "key": VIEWER_KEY},
-                {"name": "ops", "key": ADMIN_KEY, "role": "admin"},
-            ]
-        },
+        http=viewer_and_admin(VIEWER_KEY, ADMIN_KEY),
     )
     started = await start_relay(data, tmp_path)
     yield started
@@ -56,7 +52,7 @@ async def relay(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 

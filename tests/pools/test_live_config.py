@@ -16,6 +16,7 @@ import structlog
 from relay.routing import Route
 from relay.runtime import Relay
 from tests.emulators.gmail import ServiceAccount
+from tests.support.api import api_client
 from tests.support.pools import pool
 from tests.support.relay import config, sandbox_workspace, settings_from, start_relay
 
@@ -40,7 +41,7 @@ async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def api(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t") as client:
+    async with api_client(relay) as client:
         yield client
 
 
