@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from ..metrics import CONTENT_TYPE
 from .auth import ApiKeys
 from .errors import install_error_handlers
 from .inbound import inbound_router
@@ -25,6 +26,7 @@ def create_app(
     readiness: Callable[[], Awaitable[str | None]],
     services: ApiServices | None = None,
     keys: ApiKeys | None = None,
+    metrics: Callable[[], Awaitable[bytes]] | None = None,
 ) -> FastAPI:
     """`readiness()` returns None when ready, else the reason it is not. OpenAPI at `/openapi.json`, docs at
     `/docs`."""
@@ -41,6 +43,14 @@ def create_app(
         if problem is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+
+    if metrics is not None:
+        scrape = metrics
+
+        @app.get("/metrics", tags=["probes"], response_class=Response)
+        async def prometheus() -> Response:
+            """Prometheus text format (no key, like the probes: bind `http.host` to a private address)."""
+            return Response(await scrape(), media_type=CONTENT_TYPE)
 
     if services is not None:
         keys = keys or ApiKeys(())

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from ..clock import Clock, SystemClock
+from ..metrics import Metrics
 from ..mime import PRIVATE_HEADERS, PRIVATE_PREFIXES, present_sender, remove_fields, rewrite_headers
 from ..pools import HealthView, LoadBalancer
 from ..providers import OutboundMessage, Outcome, Provider
@@ -62,6 +63,7 @@ class DeliveryWorker:
         send_timeout: float = 120.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
         self._states = states
@@ -76,6 +78,7 @@ class DeliveryWorker:
         self._poll_interval = poll_interval
         self._send_timeout = send_timeout
         self._clock = clock or SystemClock()
+        self.metrics = metrics
         self._rng = rng or random.Random()
         self._inflight: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
@@ -362,6 +365,10 @@ class DeliveryWorker:
         if not recorded:
             log.warning("delivery.lease_lost", message_id=message.id, workspace_id=attempt.workspace_id)
             return
+        if self.metrics is not None:
+            for each in (*earlier, attempt):
+                seconds = (each.finished_at - each.started_at).total_seconds()
+                self.metrics.delivery(each.workspace_id, each.outcome, seconds)
         log.info(
             "delivery.attempt",
             message_id=message.id,

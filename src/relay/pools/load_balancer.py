@@ -22,6 +22,7 @@ from ..balancer import Candidate, RoundRobin, Selection, eligible, select
 from ..balancer.eligibility import BELOW_THRESHOLD
 from ..clock import Clock
 from ..limits import Capacity
+from ..metrics import Metrics
 from ..routing import Member, presented_sender
 from ..store import SelectionLog
 from .capacity import CapacityView
@@ -201,7 +202,9 @@ class LoadBalancer:
         clock: Clock,
         rng: Random | None = None,
         selections: SelectionLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self._catalog = catalog
         self._capacity = capacity
         self._health = health
@@ -333,6 +336,8 @@ class LoadBalancer:
         assert decision.workspace_id is not None
         self._in_flight[decision.workspace_id] += 1
         self._chosen[(decision.pool_id, decision.workspace_id)] += 1
+        if self.metrics is not None:
+            self.metrics.selection(decision.pool_id, decision.workspace_id, decision.strategy)
         if self._selections is None:
             return None
         return self._selections.record(
