@@ -19,6 +19,7 @@ from ..config import Workspace
 from ..config.documents import check_api_env_references, check_api_paths, redact, workspace_document
 from ..errors import ConfigError, RelayError
 from ..pools import ConflictError, NotFoundError, PreconditionFailedError
+from ..store import WorkspaceDefinition
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 from .services import ApiServices
@@ -34,6 +35,15 @@ class WorkspaceOut(BaseModel):
     )
     version: int = Field(description="incremented on every change; the ETag")
     definition: dict[str, Any] = Field(description="the config file's workspace object, literal secrets masked")
+
+
+def _out(definition: WorkspaceDefinition) -> WorkspaceOut:
+    return WorkspaceOut(
+        id=definition.id,
+        managed_by="api" if definition.managed_by == "api" else "file",
+        version=definition.version,
+        definition=redact(definition.document),
+    )
 
 
 def etag(version: int) -> str:
@@ -76,12 +86,7 @@ def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         definition = await config.workspaces.get(workspace_id)
         if definition is None:
             raise ApiError(404, f'no workspace "{workspace_id}"')
-        return WorkspaceOut(
-            id=definition.id,
-            managed_by="api" if definition.managed_by == "api" else "file",
-            version=definition.version,
-            definition=redact(definition.document),
-        )
+        return _out(definition)
 
     async def write(
         document: dict[str, Any], caller: Caller, response: Response, *, create: bool, if_match: str | None = None
@@ -107,15 +112,7 @@ def workspaces_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
     @router.get("/workspaces")
     async def list_workspaces(_caller: Viewer) -> list[WorkspaceOut]:
-        return [
-            WorkspaceOut(
-                id=d.id,
-                managed_by="api" if d.managed_by == "api" else "file",
-                version=d.version,
-                definition=redact(d.document),
-            )
-            for d in await config.workspaces.load()
-        ]
+        return [_out(d) for d in await config.workspaces.load()]
 
     @router.get("/workspaces/{workspace_id}")
     async def get_workspace(workspace_id: str, _caller: Viewer, response: Response) -> WorkspaceOut:

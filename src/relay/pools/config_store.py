@@ -74,7 +74,6 @@ class Current:
 
     settings: Settings
     workspace_documents: dict[str, dict[str, Any]]
-    managed_by: dict[str, str]
     versions: dict[str, int]
     pools: dict[str, PoolRow]
 
@@ -116,7 +115,6 @@ class ConfigStore:
         return Current(
             settings=settings,
             workspace_documents={d.id: d.document for d in definitions},
-            managed_by={d.id: d.managed_by for d in definitions},
             versions={d.id: d.version for d in definitions},
             pools={r.id: r for r in rows},
         )

@@ -50,14 +50,7 @@ class WorkspaceDefinitions:
 
     async def seed(self, file_settings: Settings) -> None:
         """Write the file's workspaces; the ones the API has taken over are left as they are, with a warning."""
-        ignored = await self._tables.sync_file([workspace_document(w) for w in file_settings.workspaces])
-        if ignored:
-            log.warning(
-                "workspaces.file_ignored",
-                workspaces=ignored,
-                reason="changed through the API since; the database is the source of truth "
-                "(change the file to match, or `relay config export` to see the database's version)",
-            )
+        _warn_ignored(await self._tables.sync_file([workspace_document(w) for w in file_settings.workspaces]))
 
     async def changed(self) -> bool:
         return await self._tables.versions() != self._versions
@@ -83,13 +76,7 @@ class WorkspaceDefinitions:
             ignored = await self._tables.sync_file(
                 [workspace_document(w) for w in file_settings.workspaces], connection=connection
             )
-        if ignored:
-            log.warning(
-                "workspaces.file_ignored",
-                workspaces=ignored,
-                reason="changed through the API since; the database is the source of truth "
-                "(change the file to match, or `relay config export` to see the database's version)",
-            )
+        _warn_ignored(ignored)
         return []
 
     async def preview(
@@ -149,6 +136,16 @@ class WorkspaceDefinitions:
                 fallback = self._running.get(workspace_id)
                 chosen[workspace_id] = fallback if fallback is not None and fallback != chosen[workspace_id] else None
         raise AssertionError("unreachable: every round moves a workspace a step down")
+
+
+def _warn_ignored(ignored: list[str]) -> None:
+    if ignored:
+        log.warning(
+            "workspaces.file_ignored",
+            workspaces=ignored,
+            reason="changed through the API since; the database is the source of truth "
+            "(change the file to match, or `relay config export` to see the database's version)",
+        )
 
 
 def _in_file_order(definitions: list[WorkspaceDefinition], settings: Settings) -> list[WorkspaceDefinition]:
