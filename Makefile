@@ -23,8 +23,18 @@ setup: $(VENV)/.run-installed
 
 setup-dev: $(VENV)/.dev-installed
 
+# On the example config, `make run` gives the dashboard an admin key of its own, made once and kept in
+# var/dashboard-key (mode 600, never printed); any other CONFIG brings its own keys.
+ifeq ($(CONFIG),examples/relay.json)
+run: setup
+	@mkdir -p var && { [ -s var/dashboard-key ] || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > var/dashboard-key); }
+	@echo "relay: dashboard at http://127.0.0.1:$${RELAY_HTTP__PORT:-8080}/dashboard; log in with the key in var/dashboard-key"
+	RELAY_HTTP__API_KEYS="[{\"name\": \"local-admin\", \"key\": \"$$(cat var/dashboard-key)\", \"role\": \"admin\"}]" \
+		$(BIN)/relay serve --config $(CONFIG)
+else
 run: setup
 	$(BIN)/relay serve --config $(CONFIG)
+endif
 
 lint: setup-dev
 	$(BIN)/ruff check src tests bench

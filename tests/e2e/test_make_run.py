@@ -1,4 +1,4 @@
-"""The README's quick start, literally: a fresh clone, `make run`, and a message sent with swaks."""
+"""The README's quick start, literally: a fresh clone, `make run`, a message sent with swaks, and the dashboard."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.net import free_port, port_open, wait_for
@@ -78,6 +79,16 @@ def test_make_run_in_a_fresh_clone_accepts_and_delivers(tmp_path: Path) -> None:
         delivered = clone / "var" / "outbox" / f"{match.group(1)}.eml"
         wait_for(delivered.exists, timeout=30, what=f"{delivered} in the sandbox outbox")
         assert b"Subject: quick start" in delivered.read_bytes()
+
+        # The dashboard opens with the admin key `make run` made (kept in var/, never printed).
+        key = (clone / "var" / "dashboard-key").read_text().strip()
+        assert len(key) >= 24 and (clone / "var" / "dashboard-key").stat().st_mode & 0o077 == 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}") as web:
+            login = web.post("/dashboard/login", data={"key": key, "next": "/dashboard/pools"})
+            assert login.status_code == 303 and login.headers["location"] == "/dashboard/pools"
+            pools = web.get("/dashboard/pools")
+            assert pools.status_code == 200 and 'data-pool="invite-domain-pool"' in pools.text
+        assert key not in _read(tmp_path)
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(timeout=30)

@@ -5,19 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from tests.metrics.scrape import samples
 from tests.support.api import api_client
 from tests.support.pools import pool, submit_many, wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, start_relay
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 async def test_metrics_parse_and_move_with_deliveries(sqlite_url: str, tmp_path: Path) -> None:

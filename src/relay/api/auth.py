@@ -13,7 +13,7 @@ from fastapi import Request
 
 from .errors import ApiError
 
-__all__ = ["ApiKeys", "Caller", "Role"]
+__all__ = ["ApiKeys", "Caller", "Role", "allows"]
 
 Role = Literal["viewer", "operator", "admin"]
 _RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -27,6 +27,14 @@ class Caller:
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def _mac(secret: bytes, message: str) -> str:
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+
+
+def allows(caller: Caller, role: Role) -> bool:
+    return _RANK[caller.role] >= _RANK[role]
 
 
 class ApiKeys:
@@ -44,12 +52,32 @@ class ApiKeys:
                 return caller
         raise ApiError(401, "unknown API key")
 
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def login(self, key: str) -> Caller | None:
+        """The caller whose key this is (the dashboard's login form), or None."""
+        digest = _digest(key.strip())
+        return next((caller for known, caller in self._keys if hmac.compare_digest(known, digest)), None)
+
+    def sign(self, name: str, message: str) -> str | None:
+        """An HMAC of `message` under the key named `name` (its digest is the secret): a dashboard session is
+        signed by the key that opened it, so every process with the same keys accepts it, and rotating the key
+        ends the sessions it opened."""
+        return next((_mac(known, message) for known, caller in self._keys if caller.name == name), None)
+
+    def verify(self, name: str, message: str, mac: str) -> Caller | None:
+        for known, caller in self._keys:
+            if caller.name == name and hmac.compare_digest(_mac(known, message), mac):
+                return caller
+        return None
+
     def requires(self, role: Role) -> Callable[[Request], Awaitable[Caller]]:
         """A FastAPI dependency: the caller, who must hold `role` or a higher one."""
 
         async def dependency(request: Request) -> Caller:
             caller = self.caller(request.headers.get("authorization"))
-            if _RANK[caller.role] < _RANK[role]:
+            if not allows(caller, role):
                 raise ApiError(403, f'this needs the "{role}" role; the key "{caller.name}" is a {caller.role}')
             return caller
 

@@ -97,4 +97,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
-        return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code)
+        # Headers kept: the dashboard's "log in first" is a 303 whose Location matters.
+        headers = getattr(exc, "headers", None)
+        return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)

@@ -32,7 +32,7 @@ from ..store import (
 from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 
-__all__ = ["messages_router"]
+__all__ = ["Ingress", "cancel_message", "messages_router", "resend_message"]
 
 Status = Literal["queued", "sending", "deferred", "sent", "failed"]
 _NOT_STORED = "the message could not be stored; nothing was queued, try again"
@@ -174,6 +174,50 @@ def _mime(body: SendIn) -> bytes:
     return message.as_bytes()
 
 
+async def cancel_message(
+    messages: Messages, queue: MessageQueue, message_id: str, actor: str, *, through: str = "the API"
+) -> MessageView:
+    """Never send a waiting (queued or deferred) message: it becomes `failed`, its last error naming `actor` and
+    where they cancelled it (`through`). Raises `ApiError` 404 for an unknown message, 409 for any other status."""
+    if await messages.get(message_id) is None:
+        raise ApiError(404, f'no message "{message_id}"')
+    if not await queue.cancel(message_id, f'cancelled through {through} by "{actor}"'):
+        view = await messages.get(message_id)
+        status = view.status if view else "gone"
+        raise ApiError(409, f"only a queued or deferred message can be cancelled; this one is {status}")
+    view = await messages.get(message_id)
+    assert view is not None
+    return view
+
+
+async def resend_message(messages: Messages, ingress: Ingress, message_id: str, actor: str) -> str:
+    """Queue a new copy of a message in any status (the same bytes, sender, every recipient and metadata, with
+    `resent_from` naming the original and `authenticated_user` the `actor`); returns the copy's id. The original
+    and its history are left as they are. Raises `ApiError` like a send: 404, 422 (sender no longer served, a
+    recipient suppressed), 503 (not stored)."""
+    original, raw = await messages.get(message_id), await messages.raw(message_id)
+    if original is None or raw is None:
+        raise ApiError(404, f'no message "{message_id}"')
+    _require_served(ingress, original.mail_from)
+    _refuse_suppressed(ingress, original.rcpt_to, "rcpt_to")
+    copy = NewMessage(
+        id=new_message_id(),
+        mail_from=original.mail_from,
+        rcpt_to=original.rcpt_to,
+        raw=raw,
+        received_at=ingress.clock.now(),
+        metadata=original.metadata,
+        source="http",
+        authenticated_user=actor,
+        resent_from=original.id,
+    )
+    try:
+        await ingress.store(copy)  # the send's durable path: the delivery worker is woken on commit
+    except StoreError:
+        raise ApiError(503, _NOT_STORED) from None
+    return copy.id
+
+
 def messages_router(
     messages: Messages, queue: MessageQueue, keys: ApiKeys, ingress: Ingress | None = None
 ) -> APIRouter:
@@ -213,15 +257,7 @@ def messages_router(
     @router.post("/messages/{message_id}/cancel", tags=["messages"])
     async def cancel(message_id: str, caller: Operator) -> MessageOut:
         """Never send a waiting (queued or deferred) message: it becomes `failed`, with who cancelled it."""
-        if await messages.get(message_id) is None:
-            raise ApiError(404, f'no message "{message_id}"')
-        if not await queue.cancel(message_id, f'cancelled through the API by "{caller.name}"'):
-            view = await messages.get(message_id)
-            status = view.status if view else "gone"
-            raise ApiError(409, f"only a queued or deferred message can be cancelled; this one is {status}")
-        view = await messages.get(message_id)
-        assert view is not None
-        return MessageOut(**_message(view))
+        return MessageOut(**_message(await cancel_message(messages, queue, message_id, caller.name)))
 
     if ingress is not None:
         IdempotencyKey = Annotated[  # noqa: N806
@@ -274,26 +310,6 @@ def messages_router(
         async def resend(message_id: str, caller: Operator) -> MessageDetailOut:
             """Queue a new copy of a message in any status: the same bytes, sender, every recipient and metadata,
             with `resent_from` naming the original. The original and its history are left as they are."""
-            original, raw = await messages.get(message_id), await messages.raw(message_id)
-            if original is None or raw is None:
-                raise ApiError(404, f'no message "{message_id}"')
-            _require_served(ingress, original.mail_from)
-            _refuse_suppressed(ingress, original.rcpt_to, "rcpt_to")
-            copy = NewMessage(
-                id=new_message_id(),
-                mail_from=original.mail_from,
-                rcpt_to=original.rcpt_to,
-                raw=raw,
-                received_at=ingress.clock.now(),
-                metadata=original.metadata,
-                source="http",
-                authenticated_user=caller.name,
-                resent_from=original.id,
-            )
-            try:
-                await ingress.store(copy)  # the send's durable path: the delivery worker is woken on commit
-            except StoreError:
-                raise ApiError(503, _NOT_STORED) from None
-            return await detail(copy.id)
+            return await detail(await resend_message(messages, ingress, message_id, caller.name))
 
     return router

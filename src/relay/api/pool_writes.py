@@ -27,7 +27,7 @@ from .pools import PoolOut, pool_out
 from .services import ApiServices
 from .workspaces import api_error
 
-__all__ = ["pool_writes_router"]
+__all__ = ["MemberPatch", "member_change", "pool_writes_router"]
 
 
 class MemberPatch(BaseModel):
@@ -44,6 +44,20 @@ class AuditOut(BaseModel):
     target_id: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+
+
+def member_change(
+    pool_id: str, workspace_id: str, change: Callable[[PoolMember], PoolMember | None]
+) -> Callable[[Pool], Pool]:
+    """The pool with one member changed (or removed, when `change` answers None), for `ConfigStore.change_pool`."""
+
+    def apply(pool: Pool) -> Pool:
+        if not any(m.workspace_id == workspace_id for m in pool.workspaces):
+            raise NotFoundError(f'workspace "{workspace_id}" is not a member of pool "{pool_id}"')
+        members = [change(m) if m.workspace_id == workspace_id else m for m in pool.workspaces]
+        return pool.model_copy(update={"workspaces": [m for m in members if m is not None]})
+
+    return apply
 
 
 def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
@@ -66,15 +80,6 @@ def pool_writes_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
             raise ApiError(409, f'pool "{pool_id}" changed again meanwhile; read it again')
         response.headers["ETag"] = pool_etag(row)
         return pool_out(view)
-
-    def member_change(pool_id: str, workspace_id: str, change: Callable[[PoolMember], PoolMember | None]) -> Any:
-        def apply(pool: Pool) -> Pool:
-            if not any(m.workspace_id == workspace_id for m in pool.workspaces):
-                raise NotFoundError(f'workspace "{workspace_id}" is not a member of pool "{pool_id}"')
-            members = [change(m) if m.workspace_id == workspace_id else m for m in pool.workspaces]
-            return pool.model_copy(update={"workspaces": [m for m in members if m is not None]})
-
-        return apply
 
     @router.post("/pools", status_code=201, tags=["pools"])
     async def create_pool(pool: Pool, caller: Admin, response: Response) -> PoolOut:

@@ -17,7 +17,7 @@ from .auth import ApiKeys, Caller
 from .errors import ERROR_RESPONSES, ApiError
 from .services import ApiServices
 
-__all__ = ["pools_router"]
+__all__ = ["MemberStatus", "PoolMetricsOut", "member_status", "pool_metrics_out", "pools_router"]
 
 
 class MemberOut(BaseModel):
@@ -128,7 +128,7 @@ def pool_out(view: PoolView) -> PoolOut:
     )
 
 
-def _member_status(m: MemberReport) -> MemberStatus:
+def member_status(m: MemberReport) -> MemberStatus:
     return MemberStatus(
         workspace_id=m.workspace_id,
         weight=m.weight,
@@ -155,6 +155,38 @@ def _expected(strategy: str, decision: Decision) -> dict[str, float]:
     values = {m.workspace_id: (m.score if strategy == "capacity_weighted" else m.weight) or 0.0 for m in eligible}
     total = sum(values.values())
     return {k: round(v / total, 6) for k, v in values.items()} if total > 0 else {}
+
+
+async def pool_metrics_out(services: ApiServices, view: PoolView, seconds: float) -> PoolMetricsOut:
+    """A pool's decisions over the last `seconds` (every process's, from the decision log): per member, its
+    picks, successes, and its actual share against the share its weight asks for."""
+    since = services.clock.now() - timedelta(seconds=seconds)
+    counts = await services.selections.counts(view.id, since)
+    total = sum(n for n, _ in counts.values())
+    succeeded = sum(s for _, s in counts.values())
+    weights = {m.workspace_id: m.weight for m in view.members if m.enabled and m.weight > 0}
+    weight_total = sum(weights.values())
+    members = []
+    for ws in sorted({*counts, *(m.workspace_id for m in view.members)}):
+        n, s = counts.get(ws, (0, 0))
+        members.append(
+            MemberMetrics(
+                workspace_id=ws,
+                selections=n,
+                successes=s,
+                success_rate=round(s / n, 4) if n else None,
+                actual_share=round(n / total, 4) if total else None,
+                expected_share=round(weights[ws] / weight_total, 4) if ws in weights and weight_total else None,
+            )
+        )
+    return PoolMetricsOut(
+        pool_id=view.id,
+        window_seconds=seconds,
+        selections=total,
+        successes=succeeded,
+        success_rate=round(succeeded / total, 4) if total else None,
+        workspaces=members,
+    )
 
 
 _WINDOWS = {"m": 60, "h": 3600, "d": 86_400}
@@ -207,7 +239,7 @@ def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
             strategy=status.strategy,
             enabled=status.enabled,
             available_workspaces=status.available,
-            members=[_member_status(m) for m in status.members],
+            members=[member_status(m) for m in status.members],
             selections=status.selections,
             exhausted=status.exhausted,
             last_exhausted_at=status.last_exhausted_at,
@@ -215,36 +247,7 @@ def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
 
     @router.get("/pools/{pool_id}/metrics", tags=["monitoring"])
     async def pool_metrics(pool_id: str, _caller: Viewer, window: str = "1h") -> PoolMetricsOut:
-        view = pool(pool_id)
-        seconds = _window_seconds(window)
-        since = services.clock.now() - timedelta(seconds=seconds)
-        counts = await services.selections.counts(pool_id, since)
-        total = sum(n for n, _ in counts.values())
-        succeeded = sum(s for _, s in counts.values())
-        weights = {m.workspace_id: m.weight for m in view.members if m.enabled and m.weight > 0}
-        weight_total = sum(weights.values())
-        ids = sorted({*counts, *(m.workspace_id for m in view.members)})
-        members = []
-        for ws in ids:
-            n, s = counts.get(ws, (0, 0))
-            members.append(
-                MemberMetrics(
-                    workspace_id=ws,
-                    selections=n,
-                    successes=s,
-                    success_rate=round(s / n, 4) if n else None,
-                    actual_share=round(n / total, 4) if total else None,
-                    expected_share=round(weights[ws] / weight_total, 4) if ws in weights and weight_total else None,
-                )
-            )
-        return PoolMetricsOut(
-            pool_id=pool_id,
-            window_seconds=seconds,
-            selections=total,
-            successes=succeeded,
-            success_rate=round(succeeded / total, 4) if total else None,
-            workspaces=members,
-        )
+        return await pool_metrics_out(services, pool(pool_id), _window_seconds(window))
 
     @router.post("/pools/{pool_id}/test", tags=["pools"])
     async def dry_run(pool_id: str, _caller: Viewer, body: PoolTestIn | None = None) -> PoolTestOut:
@@ -263,7 +266,7 @@ def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
             chosen=decision.workspace_id,
             spilled=decision.spilled,
             decision_microseconds=round(decision.elapsed_us, 1),
-            members=[_member_status(m) for m in decision.members],
+            members=[member_status(m) for m in decision.members],
             picks=dict(picks),
             expected_share=_expected(view.strategy, decision),
         )

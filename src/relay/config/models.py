@@ -196,6 +196,8 @@ class Workspace(_Model):
     domains: list[DomainPattern] = []
     domain: DomainPattern | None = None  # legacy single-domain form of the previous relay
     display_name: str | None = None
+    # What the provider charges per 1,000 messages, in the operator's currency: the dashboard's spend figures.
+    cost_per_1000: float | None = Field(default=None, ge=0, le=1_000_000)
     load_balancing: WorkspaceLoadBalancing = WorkspaceLoadBalancing()
     rate_limits: RateLimits = RateLimits()
     health: HealthSettings = HealthSettings()

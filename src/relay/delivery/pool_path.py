@@ -42,6 +42,10 @@ class PoolPath:
         self._router = router
 
     async def deliver(self, message: QueuedMessage, pool_id: str) -> None:
+        with structlog.contextvars.bound_contextvars(pool_id=pool_id):
+            await self._deliver(message, pool_id)
+
+    async def _deliver(self, message: QueuedMessage, pool_id: str) -> None:
         worker, balancer = self._worker, self._balancer
         sender = message.mail_from
         pool = balancer.catalog.get(pool_id)
@@ -71,54 +75,58 @@ class PoolPath:
             if provider is None:  # the catalog only lists configured workspaces; a reload may race
                 refused[workspace_id] = Admission(False, reason="not configured in this process")
                 continue
-            async with worker.slot(workspace_id, provider, budget) as acquired:
-                if not acquired:
-                    busy = True
-                    refused[workspace_id] = Admission(False, wait=worker.poll_interval, reason="all connections busy")
-                    continue
-                if worker.stopping:
-                    if tried:
-                        break  # record the attempts made; no new send
-                    return  # nothing sent: still unstarted, run() gives it back
-                admission = await worker.admit(workspace_id, decision.sent_as, len(message.pending_rcpts))
-                if admission is not None and not admission.ok:
-                    balancer.refused(decision)
-                    refused[workspace_id] = admission
-                    continue
-                worker.forget_unstarted(message)
-                handle = balancer.placed(decision)
-                result = None
-                try:
-                    attempt, outcome = await worker.send(
-                        message,
-                        workspace_id,
-                        provider,
-                        admission,
-                        decision.sent_as,
-                        message.pending_rcpts,
-                        _evidence(decision, refused, len(tried)),
-                    )
-                    result = outcome.kind
-                finally:
-                    balancer.record_selection(workspace_id, result == "sent", pool_id=pool_id, handle=handle)
-            tried.append(workspace_id)
-            if last is not None:
-                earlier.append(last[0])
-            last = (attempt, outcome)
-            if (
-                not self._fails_over(outcome)
-                or worker.slot_budget(started) <= 0
-                or not worker.may_retry(message, [a.outcome for a in (*earlier, attempt)])
-            ):
-                break
-            log.info(
-                "load_balancing.failover",
-                message_id=message.id,
-                pool_id=pool_id,
-                workspace_id=workspace_id,
-                outcome=outcome.kind,
-                status=outcome.status,
-            )
+            # Bound for this member's try only: a line logged after it (pool exhausted, say) is not about it.
+            with structlog.contextvars.bound_contextvars(workspace_id=workspace_id):
+                async with worker.slot(workspace_id, provider, budget) as acquired:
+                    if not acquired:
+                        busy = True
+                        refused[workspace_id] = Admission(
+                            False, wait=worker.poll_interval, reason="all connections busy"
+                        )
+                        continue
+                    if worker.stopping:
+                        if tried:
+                            break  # record the attempts made; no new send
+                        return  # nothing sent: still unstarted, run() gives it back
+                    admission = await worker.admit(workspace_id, decision.sent_as, len(message.pending_rcpts))
+                    if admission is not None and not admission.ok:
+                        balancer.refused(decision)
+                        refused[workspace_id] = admission
+                        continue
+                    worker.forget_unstarted(message)
+                    handle = balancer.placed(decision)
+                    result = None
+                    try:
+                        attempt, outcome = await worker.send(
+                            message,
+                            workspace_id,
+                            provider,
+                            admission,
+                            decision.sent_as,
+                            message.pending_rcpts,
+                            _evidence(decision, refused, len(tried)),
+                        )
+                        result = outcome.kind
+                    finally:
+                        balancer.record_selection(workspace_id, result == "sent", pool_id=pool_id, handle=handle)
+                tried.append(workspace_id)
+                if last is not None:
+                    earlier.append(last[0])
+                last = (attempt, outcome)
+                if (
+                    not self._fails_over(outcome)
+                    or worker.slot_budget(started) <= 0
+                    or not worker.may_retry(message, [a.outcome for a in (*earlier, attempt)])
+                ):
+                    break
+                log.info(
+                    "load_balancing.failover",
+                    message_id=message.id,
+                    pool_id=pool_id,
+                    workspace_id=workspace_id,
+                    outcome=outcome.kind,
+                    status=outcome.status,
+                )
         if last is not None:
             await worker.finish(message, last[0], last[1], earlier)
             return

@@ -168,12 +168,15 @@ class DeliveryWorker:
         self._wakeup.set()
 
     async def _deliver_safely(self, message: QueuedMessage) -> None:
-        try:
-            await self._deliver(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the lease expires and another attempt follows; never lose the worker
-            log.exception("delivery.unexpected_error", message_id=message.id)
+        # Each delivery is a task of its own, so what is bound here (and below: the pool, the workspace) names
+        # the message on every line logged on its way, the limits', health's and providers' included.
+        with structlog.contextvars.bound_contextvars(message_id=message.id):
+            try:
+                await self._deliver(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the lease expires and another attempt follows; never lose the worker
+                log.exception("delivery.unexpected_error", message_id=message.id)
 
     async def _deliver(self, message: QueuedMessage) -> None:
         route = self._router.route(message.mail_from)
@@ -188,6 +191,12 @@ class DeliveryWorker:
         self, message: QueuedMessage, workspace_id: str | None, evidence: dict[str, Any] | None = None
     ) -> None:
         """Deliver through one workspace; `evidence` is a pool decision that led here (degradation)."""
+        with structlog.contextvars.bound_contextvars(**({"workspace_id": workspace_id} if workspace_id else {})):
+            await self._deliver_direct(message, workspace_id, evidence)
+
+    async def _deliver_direct(
+        self, message: QueuedMessage, workspace_id: str | None, evidence: dict[str, Any] | None
+    ) -> None:
         provider = self._providers.get(workspace_id) if workspace_id else None
         now = self._clock.now()
         if workspace_id is None or provider is None:

@@ -263,19 +263,8 @@ class LoadBalancer:
                 selection = select(pool.strategy, relaxed, self._rng, state)
                 spilled = selection is not None
         if selection is None:
-            return Decision(
-                pool.id,
-                pool.strategy,
-                sender,
-                None,
-                0.0,
-                None,
-                snapshot,
-                sender,
-                None,
-                False,
-                (time.perf_counter() - started) * 1e6,
-            )
+            elapsed_us = self._elapsed_us(pool.id, started)
+            return Decision(pool.id, pool.strategy, sender, None, 0.0, None, snapshot, sender, None, False, elapsed_us)
         index = next(i for i, m in enumerate(snapshot.members) if m.workspace_id == selection.workspace_id)
         return Decision(
             pool_id=pool.id,
@@ -288,8 +277,15 @@ class LoadBalancer:
             sent_as=snapshot.senders[index],
             capacity_score=snapshot.capacities[index].remaining_fraction,
             spilled=spilled,
-            elapsed_us=(time.perf_counter() - started) * 1e6,
+            elapsed_us=self._elapsed_us(pool.id, started),
         )
+
+    def _elapsed_us(self, pool_id: str, started: float) -> float:
+        """Microseconds since `started` (perf_counter): the decision's time, observed per pool."""
+        elapsed = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.selection_time(pool_id, elapsed)
+        return elapsed * 1e6
 
     async def _snapshot(
         self,

@@ -17,11 +17,14 @@ import sqlalchemy.exc
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from ..api import ApiKeys, ApiServices, create_app
 from ..api.messages import Ingress
 from ..clock import Clock, SystemClock
 from ..config import HealthSettings, RateLimits, Settings, SmtpSettings, Workspace
+from ..dashboard import STATIC_DIR as DASHBOARD_STATIC
+from ..dashboard import DashboardServices, dashboard_router
 from ..delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
 from ..health import Breakers, BreakerSettings, BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore
 from ..limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
@@ -43,6 +46,7 @@ from ..providers import Outcome, Provider, ProviderContext, build_provider
 from ..routing import Router
 from ..smtp import NetworkPolicy, RelayHandler, start_smtp_server
 from ..store import (
+    Activity,
     AuditLog,
     CountedSend,
     Database,
@@ -63,6 +67,7 @@ from ..store import (
 from ..webhooks import Dispatcher, endpoints_from_settings
 from ..webhooks.worker import WorkerProcess
 from .live import LiveConfig
+from .scrape import Scrape
 
 __all__ = ["Relay"]
 
@@ -122,11 +127,23 @@ class Relay:
         self.metrics = Metrics()
         # Webhooks (issue 8): the outbox's endpoints and the dispatcher that posts to them.
         self.webhook_store = WebhookStore(self.db, self.clock)
-        self.dispatcher = Dispatcher(self.webhook_store, clock=self.clock, owner=self.owner, rng=self.rng)
+        self.dispatcher = Dispatcher(
+            self.webhook_store,
+            clock=self.clock,
+            owner=self.owner,
+            rng=self.rng,
+            on_result=self.metrics.webhook_delivery,
+        )
         # `relay serve` posts webhooks from a process of its own (never event-loop time taken from mail); tests
         # and tools run the dispatcher in this loop.
         self._webhooks_worker = (
-            WorkerProcess(settings.database_url, self.owner, settings.log_level, settings.log_format)
+            WorkerProcess(
+                settings.database_url,
+                self.owner,
+                settings.log_level,
+                settings.log_format,
+                on_result=self.metrics.webhook_delivery,  # its posts, counted in this process's /metrics
+            )
             if webhooks_process
             else None
         )
@@ -229,8 +246,9 @@ class Relay:
             max_recipients=s.smtp.max_recipients,
             clock=self.clock,
             suppressed=self.suppressions.refuses,  # suppression list (issue 8)
+            metrics=self.metrics,
         )
-        self._smtp = await start_smtp_server(smtp_settings, handler)
+        self._smtp = await start_smtp_server(smtp_settings, handler, self.metrics)
         if self._http_enabled:
             await self._start_http()
         log.info(
@@ -422,15 +440,26 @@ class Relay:
             inbound=self.inbound,
         )
         keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
-        return create_app(self.readiness, services, keys, metrics=self._scrape)
+        app = create_app(self.readiness, services, keys, metrics=self._scrape)
+        # The dashboard (issue 9): pages over the same services, and its stylesheet and script.
+        dashboard = DashboardServices(services, Activity(self.db), self.health.health)
+        app.include_router(dashboard_router(dashboard, keys))
+        app.mount("/dashboard/static", StaticFiles(directory=DASHBOARD_STATIC), name="dashboard-static")
+        return app
 
     async def _scrape(self) -> bytes:
-        """The metrics, with the queue's depth by status read now (one grouped query per scrape)."""
-        try:
-            self.metrics.queue(await self.queue.status_counts())
-        except Exception as exc:  # the database is away: the counters still answer
-            log.warning("metrics.queue_unavailable", error=type(exc).__name__)
-        return self.metrics.render()
+        """The metrics, with the queue, capacity, health, pool and webhook gauges read now (see `Scrape`)."""
+        scrape = Scrape(
+            self.metrics,
+            queue=self.queue,
+            limits=self.limits,
+            limits_for=self._limits_for_send,
+            workspaces=lambda: [w.id for w in self.settings.workspaces],
+            health=self.health,
+            balancer=self.balancer,
+            webhooks=self.webhook_store,
+        )
+        return await scrape()
 
     async def _check_provider(self, workspace: Workspace) -> None:
         provider = build_provider(workspace, ProviderContext(rng=self.rng, clock=self.clock))

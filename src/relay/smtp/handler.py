@@ -9,6 +9,7 @@ import structlog
 
 from ..clock import Clock
 from ..errors import StoreError
+from ..metrics import Metrics
 from ..mime import extract_metadata
 from ..routing import Router, sender_domain
 from ..store import Ingest, NewMessage, Suppression, new_message_id
@@ -29,6 +30,7 @@ class RelayHandler:
         max_recipients: int,
         clock: Clock,
         suppressed: Callable[[str], Suppression | None] = lambda _address: None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`suppressed(address)`: the suppression listing that refuses mail to `address`, if any. It must not do
         I/O: it runs for every RCPT."""
@@ -38,6 +40,7 @@ class RelayHandler:
         self._max_recipients = max_recipients
         self._clock = clock
         self._suppressed = suppressed
+        self._metrics = metrics
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -73,16 +76,22 @@ class RelayHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        try:
-            return await self._enqueue(session, envelope)
-        except Exception:  # whatever went wrong, the client keeps the message and retries: never a 5xx
-            log.exception("smtp.data_failed", sender=envelope.mail_from)
-            return "451 4.3.0 Local error, message not accepted; try again later"
+        message_id = new_message_id()
+        # Every line logged while this message is stored (the store's own included) names it.
+        with structlog.contextvars.bound_contextvars(message_id=message_id):
+            try:
+                reply = await self._enqueue(message_id, session, envelope)
+            except Exception:  # whatever went wrong, the client keeps the message and retries: never a 5xx
+                log.exception("smtp.data_failed", sender=envelope.mail_from)
+                return "451 4.3.0 Local error, message not accepted; try again later"
+        if self._metrics is not None and reply.startswith("250"):
+            self._metrics.smtp_accepted()
+        return reply
 
-    async def _enqueue(self, session: Any, envelope: Any) -> str:
+    async def _enqueue(self, message_id: str, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
         message = NewMessage(
-            id=new_message_id(),
+            id=message_id,
             mail_from=envelope.mail_from,
             rcpt_to=tuple(envelope.rcpt_tos),
             raw=raw,

@@ -12,6 +12,7 @@ import structlog
 from aiosmtpd.smtp import SMTP
 
 from ..config import SmtpSettings
+from ..metrics import Metrics
 from .auth import Authenticator
 from .handler import RelayHandler
 
@@ -33,8 +34,31 @@ class RelaySMTP(SMTP):
     # bounce legitimate mail, so accept up to 64 KiB like Postfix accepts and re-wraps long lines.
     line_length_limit = 65_536
 
+    def __init__(self, handler: Any, *args: Any, metrics: Metrics | None = None, **kwargs: Any) -> None:
+        super().__init__(handler, *args, **kwargs)
+        self._metrics = metrics
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # aiosmtpd calls this again after STARTTLS, on the same connection: count the connection once.
+        if self._metrics is not None and not self._counted:
+            self._counted = True
+            self._metrics.smtp_opened()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._metrics is not None and self._counted:
+            self._counted = False
+            self._metrics.smtp_closed()
+        super().connection_lost(error)
+
     async def push(self, status: AnyStr) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
+        code = text[:3]
+        if self._metrics is not None and code.isdigit() and code[0] in "45" and text[3:4] in (" ", ""):
+            # The final line of every refusal, whichever part of the server or handler wrote it; the code only
+            # (never the text, which may quote an address), so the label takes a few dozen values at most.
+            self._metrics.smtp_rejected(code)
         if text.startswith("421 4.7.0 ") and text.endswith(" sent too many times"):
             peer = self.session.peer if self.session is not None else None
             log.warning(
@@ -55,7 +79,9 @@ def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_smtp_server(settings: SmtpSettings, handler: RelayHandler) -> asyncio.Server:
+async def start_smtp_server(
+    settings: SmtpSettings, handler: RelayHandler, metrics: Metrics | None = None
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     authenticator = Authenticator(settings.users)
     context = tls_context(settings)
@@ -72,6 +98,7 @@ async def start_smtp_server(settings: SmtpSettings, handler: RelayHandler) -> as
             authenticator=authenticator,
             command_call_limit=COMMAND_CALL_LIMIT,
             loop=loop,
+            metrics=metrics,
         )
 
     return await loop.create_server(protocol, host=settings.host, port=settings.port, reuse_address=True)

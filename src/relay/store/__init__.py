@@ -1,5 +1,6 @@
 """Store: tables, migrations, durable ingest, the delivery queue, workspace state and load-balancing pools."""
 
+from .activity import Activity, EventView, FailureView, MinuteCounts, minutes_back
 from .audit import AuditEntry, AuditLog
 from .config_lock import config_change
 from .database import Database, async_url
@@ -32,6 +33,7 @@ __all__ = [
     "EVENT_TYPES",
     "FILE_ACTOR",
     "SUPPRESSION_REASONS",
+    "Activity",
     "AttemptRecord",
     "AttemptView",
     "AuditEntry",
@@ -44,7 +46,9 @@ __all__ = [
     "DuplicateKeyError",
     "EndpointRow",
     "EventLog",
+    "EventView",
     "Failed",
+    "FailureView",
     "InboundEvents",
     "InboundResult",
     "Ingest",
@@ -52,6 +56,7 @@ __all__ = [
     "MessageStatus",
     "MessageView",
     "Messages",
+    "MinuteCounts",
     "NewMessage",
     "PoolMemberRow",
     "PoolRow",
@@ -73,6 +78,7 @@ __all__ = [
     "async_url",
     "config_change",
     "event_row",
+    "minutes_back",
     "new_message_id",
     "pool_document",
     "pool_exhausted_event",

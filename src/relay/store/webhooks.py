@@ -407,6 +407,19 @@ class WebhookStore:
             )
         return int(settled.rowcount or 0)
 
+    async def pending_by_endpoint(self) -> dict[str, int]:
+        """Every endpoint with its pending deliveries (0 included), in one statement for `/metrics`: the count
+        reads the pending rows only (the due index), never the delivery log's settled history."""
+        d = webhook_deliveries
+        pending = (
+            sa.select(sa.func.count())
+            .where(d.c.status == "pending", d.c.endpoint_id == webhook_endpoints.c.id)
+            .scalar_subquery()
+        )
+        async with self._db.read() as connection:
+            rows = (await connection.execute(sa.select(webhook_endpoints.c.id, pending))).all()
+        return {endpoint_id: int(count or 0) for endpoint_id, count in rows}
+
     async def pending_count(self) -> int:
         async with self._db.read() as connection:
             query = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -22,9 +23,12 @@ from ..clock import Clock
 from ..store import ClaimedDelivery, EndpointRow, Settlement, WebhookStore
 from .formats import UnsignableError, request_for
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "OnResult"]
 
 log = structlog.get_logger(__name__)
+
+# (endpoint id, outcome, count): told once a pass's answers are recorded; outcome is delivered, retry or gave_up.
+OnResult = Callable[[str, str, int], None]
 
 
 class Dispatcher:
@@ -43,6 +47,7 @@ class Dispatcher:
         poll_interval: float = 0.25,
         give_up_after: timedelta = timedelta(hours=24),
         disable_after: timedelta = timedelta(hours=24),
+        on_result: OnResult | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -57,6 +62,7 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._give_up_after = give_up_after
         self._disable_after = disable_after
+        self._on_result = on_result
         self._wake = asyncio.Event()
         self._endpoints: dict[str, EndpointRow] = {}
         self._endpoints_read_at: float | None = None
@@ -104,6 +110,7 @@ class Dispatcher:
 
         results = await asyncio.gather(*(deliver(c) for c in claims))
         await self._store.settle([settlement for settlement, _ in results])
+        self._count(results)
         # Then each endpoint's run of failures: ended by a success, started (or, after a day, ended by disabling
         # the endpoint) by a failure.
         outcomes: dict[str, list[tuple[Settlement, bool | None]]] = {}
@@ -114,6 +121,16 @@ class Dispatcher:
             if endpoint is not None:
                 await self._note_endpoint(endpoint, answers)
         return len(claims)
+
+    def _count(self, results: list[tuple[Settlement, bool | None]]) -> None:
+        """Tell `on_result` what each post came to (answers where nothing was posted are not counted)."""
+        if self._on_result is None:
+            return
+        for settlement, ok in results:
+            if ok is None:
+                continue
+            given_up = settlement.values.get("status") == "failed"
+            self._on_result(settlement.claim.endpoint_id, "delivered" if ok else "gave_up" if given_up else "retry", 1)
 
     async def _current_endpoints(self) -> dict[str, EndpointRow]:
         now = self._clock.monotonic()
@@ -162,7 +179,13 @@ class Dispatcher:
         # At least a few tries, whatever the age: a delivery that waited behind an earlier event of its message,
         # or for its endpoint to be enabled again, still gets its chance.
         if now - claim.created_at >= self._give_up_after and claim.attempts + 1 >= _MIN_ATTEMPTS:
-            log.error("webhooks.given_up", endpoint_id=endpoint.id, event_id=claim.event_id, error=error)
+            log.error(
+                "webhooks.given_up",
+                endpoint_id=endpoint.id,
+                event_id=claim.event_id,
+                message_id=claim.message_id,
+                error=error,
+            )
             return self._store.give_up(claim, status, f"given up after {claim.attempts + 1} attempts: {error}"), False
         return self._store.retry(claim, now + self.backoff(claim.attempts + 1), status, error), False
 

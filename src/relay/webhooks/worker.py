@@ -1,7 +1,9 @@
 """The dispatcher in a process of its own, so posting webhooks never takes event-loop time from mail.
 
 `relay serve` starts it (`WorkerProcess`) and restarts it if it dies; it shares nothing with the mail process
-but the database, where the outbox and the leases already coordinate every dispatcher of every process.
+but the database, where the outbox and the leases already coordinate every dispatcher of every process, and a
+one-way pipe on which it reports, about once a second, what its posts came to: the mail process serves `/metrics`,
+so that is where the webhook counters must move. A report lost with a killed worker is at most a second's worth.
 """
 
 from __future__ import annotations
@@ -11,16 +13,23 @@ import contextlib
 import multiprocessing
 import os
 import signal
+from collections import Counter
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 import structlog
+
+from .dispatcher import OnResult
 
 __all__ = ["WorkerProcess"]
 
 log = structlog.get_logger(__name__)
 
+_REPORT_SECONDS = 1.0
+Tally = Counter[tuple[str, str]]  # (endpoint id, outcome) -> posts
 
-def _main(database_url: str, owner: str, log_level: str, log_format: str, parent: int) -> None:
+
+def _main(database_url: str, owner: str, log_level: str, log_format: str, parent: int, reports: Connection) -> None:
     import uvloop
 
     from ..clock import SystemClock
@@ -40,8 +49,16 @@ def _main(database_url: str, owner: str, log_level: str, log_format: str, parent
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         db = Database(database_url, pool_size=4)
-        dispatcher = Dispatcher(WebhookStore(db, SystemClock()), clock=SystemClock(), owner=f"{owner}/webhooks")
+        tally: Tally = Counter()
+
+        def counted(endpoint: str, outcome: str, count: int) -> None:
+            tally[(endpoint, outcome)] += count
+
+        dispatcher = Dispatcher(
+            WebhookStore(db, SystemClock()), clock=SystemClock(), owner=f"{owner}/webhooks", on_result=counted
+        )
         task = asyncio.create_task(dispatcher.run())
+        reporter = asyncio.create_task(_report(tally, reports))
 
         async def orphaned() -> None:
             # The mail process died without stopping us (SIGKILL): a dispatcher must not outlive it.
@@ -57,6 +74,12 @@ def _main(database_url: str, owner: str, log_level: str, log_format: str, parent
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        with contextlib.suppress(Exception):  # the last second's posts; a parent gone by now hears nothing
+            async with asyncio.timeout(1.0):
+                await _send(tally, reports)
         await dispatcher.aclose()
         await db.dispose()
 
@@ -64,24 +87,77 @@ def _main(database_url: str, owner: str, log_level: str, log_format: str, parent
         runner.run(run())
 
 
-class WorkerProcess:
-    """Starts the dispatcher process, checks on it every few seconds (restarting it after a crash), stops it."""
+async def _report(tally: Tally, reports: Connection) -> None:
+    while True:
+        await asyncio.sleep(_REPORT_SECONDS)
+        await _send(tally, reports)
 
-    def __init__(self, database_url: str, owner: str, log_level: str, log_format: str) -> None:
+
+async def _send(tally: Tally, reports: Connection) -> None:
+    if not tally:
+        return
+    batch = dict(tally)
+    tally.clear()
+    # In a thread: a parent that stops reading may block this send, never the dispatcher's loop.
+    await asyncio.to_thread(reports.send, batch)
+
+
+class WorkerProcess:
+    """Starts the dispatcher process, checks on it every few seconds (restarting it after a crash), stops it, and
+    passes what its posts came to on to `on_result` (endpoint id, outcome, count)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        owner: str,
+        log_level: str,
+        log_format: str,
+        on_result: OnResult | None = None,
+    ) -> None:
         self._args = (database_url, owner, log_level, log_format, os.getpid())
         self._process: BaseProcess | None = None
+        self._reports: Connection | None = None
+        self._on_result = on_result
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")  # no inherited event loop, sockets or locks
-        self._process = context.Process(target=_main, args=self._args, name="relay-webhooks", daemon=True)
+        self._read_reports()  # what the previous worker said before it died
+        receiving, sending = context.Pipe(duplex=False)
+        self._process = context.Process(target=_main, args=(*self._args, sending), name="relay-webhooks", daemon=True)
         self._process.start()
+        # The worker holds the only writing end now: when it exits the pipe reads as closed, so a report cut short
+        # by SIGKILL ends in EOFError instead of a recv() that waits forever.
+        sending.close()
+        self._reports = receiving
 
     async def supervise(self, every: float = 5.0) -> None:
+        checked = asyncio.get_running_loop().time()
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(min(every, _REPORT_SECONDS))
+            self._read_reports()
+            now = asyncio.get_running_loop().time()
+            if now - checked < every:
+                continue
+            checked = now
             if self._process is not None and not self._process.is_alive():
                 log.error("webhooks.worker_died", exitcode=self._process.exitcode, action="restarting it")
                 self.start()
+
+    def _read_reports(self) -> None:
+        """Every report waiting on the pipe. Never waits long: a report is a few hundred bytes written at once, and
+        one cut short by the worker's death ends at the pipe's EOF."""
+        reports = self._reports
+        if reports is None:
+            return
+        try:
+            while reports.poll():
+                batch: dict[tuple[str, str], int] = reports.recv()
+                if self._on_result is not None:
+                    for (endpoint, outcome), count in batch.items():
+                        self._on_result(endpoint, outcome, count)
+        except (EOFError, OSError):  # the worker exited: nothing more will come on this pipe
+            reports.close()
+            self._reports = None
 
     async def stop(self) -> None:
         process = self._process
@@ -92,3 +168,4 @@ class WorkerProcess:
         if process.is_alive():
             process.kill()
             await asyncio.to_thread(process.join, 5)
+        self._read_reports()

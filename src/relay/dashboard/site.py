@@ -1,0 +1,94 @@
+"""What every dashboard page shares: the services it reads, the templates, and rendering with the session's
+caller, its form token and a one-line notice after a form was handled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from ..api import ApiServices, Caller
+from ..api.auth import allows
+from ..pools import WorkspaceHealth
+from ..store import Activity
+from .charts import NONE, share_bars, stacked_columns
+from .session import Sessions
+
+__all__ = ["STATIC_DIR", "DashboardServices", "Site", "duration", "redirect"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardServices:
+    api: ApiServices
+    activity: Activity
+    health: Callable[[str], WorkspaceHealth]
+
+
+def duration(seconds: float | None) -> str:
+    """`3 h 12 min`, `45 s`: how far away a reset or an exhaustion is, at a glance."""
+    if seconds is None:
+        return NONE
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _stamp(value: datetime | None) -> str:
+    return NONE if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def redirect(path: str, notice: str | None = None, error: bool = False) -> Response:
+    """After a form: back to a page (303, so a reload does not post again), with the outcome as a notice."""
+    if notice:
+        path += ("&" if "?" in path else "?") + ("problem=" if error else "notice=") + quote(notice)
+    return RedirectResponse(path, status_code=303)
+
+
+class Site:
+    def __init__(self, services: DashboardServices, sessions: Sessions) -> None:
+        self.services = services
+        self.sessions = sessions
+        self.templates = Jinja2Templates(directory=_TEMPLATES)
+        env = self.templates.env
+        env.filters["duration"] = duration
+        env.filters["stamp"] = _stamp
+        env.globals["stacked_columns"] = stacked_columns
+        env.globals["share_bars"] = share_bars
+
+    def render(self, request: Request, caller: Caller, template: str, section: str, **context: Any) -> Response:
+        values = {
+            "caller": caller,
+            "csrf": self.sessions.csrf(request, caller),
+            "section": section,
+            "can_operate": allows(caller, "operator"),
+            "can_admin": allows(caller, "admin"),
+            "notice": request.query_params.get("notice"),
+            "problem": request.query_params.get("problem"),
+            "now": self.services.api.clock.now(),
+            **context,
+        }
+        response = self.templates.TemplateResponse(request, template, values)
+        # Pages show live state and carry a form token: never cache them, never frame them.
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
+        )
+        return response
