@@ -8,23 +8,16 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc
 import structlog
-import uvicorn
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
-from ..api import ApiKeys, ApiServices, create_app
-from ..api.messages import Ingress
 from ..clock import Clock, SystemClock
-from ..config import HealthSettings, RateLimits, Settings, SmtpSettings, Workspace
-from ..dashboard import STATIC_DIR as DASHBOARD_STATIC
-from ..dashboard import DashboardServices, dashboard_router
+from ..config import HealthSettings, RateLimits, Settings, SmtpSettings
 from ..delivery import CapacityGate, DeliveryWorker, RetryPolicy, certainly_refused
 from ..health import Breakers, BreakerSettings, BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore
 from ..limits import Limit, LimitBackend, MemoryLimits, RedisLimits, Usage
@@ -33,7 +26,6 @@ from ..metrics import Metrics
 from ..pools import (
     CapacityView,
     ChangeNotices,
-    ConfigStore,
     HealthChecker,
     HealthView,
     LoadBalancer,
@@ -42,12 +34,10 @@ from ..pools import (
     breaker_settings,
     log_breaker_change,
 )
-from ..providers import Outcome, Provider, ProviderContext, build_provider
+from ..providers import Outcome, Provider, ProviderContext
 from ..routing import Router
 from ..smtp import NetworkPolicy, RelayHandler, start_smtp_server
 from ..store import (
-    Activity,
-    AuditLog,
     CountedSend,
     Database,
     EventLog,
@@ -55,7 +45,6 @@ from ..store import (
     Ingest,
     MessageQueue,
     Messages,
-    NewMessage,
     PoolTables,
     SelectionLog,
     SuppressionList,
@@ -66,18 +55,13 @@ from ..store import (
 )
 from ..webhooks import Dispatcher, endpoints_from_settings
 from ..webhooks.worker import WorkerProcess
+from .http import HttpServer, http_app, start_http_server
 from .live import LiveConfig
 from .scrape import Scrape
 
 __all__ = ["Relay"]
 
 log = structlog.get_logger(__name__)
-
-
-class _HttpServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the Relay process owns signal handling, not uvicorn
 
 
 class Relay:
@@ -173,7 +157,7 @@ class Relay:
         self.worker: DeliveryWorker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._smtp: asyncio.Server | None = None
-        self._http: _HttpServer | None = None
+        self._http: HttpServer | None = None
 
     @property
     def settings(self) -> Settings:
@@ -388,66 +372,14 @@ class Relay:
         return smtp.model_copy(update={"max_message_size": fitted})
 
     async def _start_http(self) -> None:
-        config = uvicorn.Config(
-            self.api_app(),
-            host=self.settings.http.host,
-            port=self.settings.http.port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-        self._http = _HttpServer(config)
-        self._tasks.append(asyncio.create_task(self._http.serve(), name="relay-http"))
-        while not self._http.started:
-            if self._tasks[-1].done():
-                self._tasks[-1].result()  # raises the reason, e.g. the port is taken
-                raise OSError(f"HTTP server on port {self.settings.http.port} did not start")
-            await asyncio.sleep(0.01)
+        http = self.settings.http
+        self._http = await start_http_server(self.api_app(), http.host, http.port, self._tasks)
 
     def api_app(self) -> FastAPI:
-        """The HTTP app with the `/api/v1` routers over this process's parts."""
-        audit = AuditLog(self.db)
-        services = ApiServices(
-            balancer=self.balancer,
-            selections=self.selections,
-            capacity_report=self.capacity_report,
-            settings=lambda: self.settings,
-            clock=self.clock,
-            pool_tables=self.pool_tables,
-            refresh_pools=self._refresh_after_write,
-            config=ConfigStore(
-                self.db,
-                self.pool_tables,
-                self.workspace_tables,
-                audit,
-                lambda: self.live.file_settings,
-                provider_check=self._check_provider,
-            ),
-            audit=audit,
-            webhooks=self.webhook_store,
-            webhooks_changed=self.dispatcher.forget_endpoints,
-            messages=Messages(self.db),
-            queue=self.queue,
-            ingress=Ingress(
-                self._store_and_notify,
-                self.router.serves,
-                self.settings.smtp.max_message_size,
-                self.settings.smtp.max_recipients,
-                self.clock,
-                refuses=self.suppressions.refuses,  # suppression list (issue 8)
-            ),
-            suppressions=self.suppressions,  # suppression list and inbound provider events (issue 8)
-            inbound=self.inbound,
-        )
-        keys = ApiKeys((k.name, k.key.get_secret_value(), k.role) for k in self.settings.http.api_keys)
-        app = create_app(self.readiness, services, keys, metrics=self._scrape)
-        # The dashboard (issue 9): pages over the same services, and its stylesheet and script.
-        dashboard = DashboardServices(services, Activity(self.db), self.health.health)
-        app.include_router(dashboard_router(dashboard, keys))
-        app.mount("/dashboard/static", StaticFiles(directory=DASHBOARD_STATIC), name="dashboard-static")
-        return app
+        """The HTTP app: probes, `/metrics`, the `/api/v1` routers and the dashboard over this process's parts."""
+        return http_app(self)
 
-    async def _scrape(self) -> bytes:
+    async def scrape(self) -> bytes:
         """The metrics, with the queue, capacity, health, pool and webhook gauges read now (see `Scrape`)."""
         scrape = Scrape(
             self.metrics,
@@ -460,17 +392,6 @@ class Relay:
             webhooks=self.webhook_store,
         )
         return await scrape()
-
-    async def _check_provider(self, workspace: Workspace) -> None:
-        provider = build_provider(workspace, ProviderContext(rng=self.rng, clock=self.clock))
-        await provider.aclose()
-
-    async def _refresh_after_write(self) -> bool:
-        await self.live.changed_here("api")
-        return True
-
-    async def _store_and_notify(self, message: NewMessage) -> None:
-        await self.ingest.store(message)  # on_commit wakes the delivery worker
 
     async def readiness(self) -> str | None:
         try:
