@@ -39,6 +39,7 @@ def test_the_forecast_counts_only_members_that_may_take_mail() -> None:
     assert forecast["back_first"] is False  # the first capacity comes back in an hour, after it ran out
     assert exhaustion_forecast(members, sent_per_minute=10.0)["back_first"] is True  # 100 min > 1 h
     assert exhaustion_forecast(members, sent_per_minute=0.0)["exhausted_in"] is None
+    assert forecast["beyond_day"] is False and exhaustion_forecast(members, 0.5)["beyond_day"] is True  # 33 h
     assert exhaustion_forecast([member("a", 600, 1000, next_in=60)], 1.0)["back_first"] is True
 
 

@@ -143,6 +143,18 @@ async def test_the_threshold_orders_members_but_never_strands_the_last_capacity(
     await h.use("b", 1)
     h_fresh = await h.balancer.decide(SENDER, POOL)
     assert h_fresh.workspace_id in {"a", "b"}
+    status = await h.balancer.get_pool_status(POOL)
+    assert status is not None and status.available == 2  # under the threshold, yet taking mail: available
+
+
+async def test_a_dry_run_leaves_the_round_robin_where_it_was() -> None:
+    h = Harness(settings(ws("a"), ws("b"), members=[member("a"), member("b")], strategy="round_robin"))
+    real = [(await h.balancer.decide(SENDER, POOL)).workspace_id for _ in range(2)]
+    simulation = h.balancer.simulation()
+    simulated = [(await h.balancer.decide(SENDER, POOL, simulation=simulation)).workspace_id for _ in range(3)]
+    after = [(await h.balancer.decide(SENDER, POOL)).workspace_id for _ in range(3)]
+    assert after == simulated  # the dry run showed the next real picks, and did not take them
+    assert sorted(real) == ["a", "b"]
 
 
 async def test_a_member_over_its_threshold_is_preferred_to_one_under_it() -> None:

@@ -56,7 +56,7 @@ async def test_migrations_are_idempotent_and_safe_from_concurrent_processes(data
     async with database.begin() as connection:
         version = (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
         tables = await connection.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-    assert version == "0007"
+    assert version == "0008"
     assert {"messages", "delivery_attempts", "workspaces", "load_balancing_pools", "pool_workspaces"} <= tables
     await database.dispose()
 

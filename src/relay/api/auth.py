@@ -60,16 +60,17 @@ class ApiKeys:
         digest = _digest(key.strip())
         return next((caller for known, caller in self._keys if hmac.compare_digest(known, digest)), None)
 
-    def sign(self, name: str, message: str) -> str | None:
-        """An HMAC of `message` under the key named `name` (its digest is the secret): a dashboard session is
-        signed by the key that opened it, so every process with the same keys accepts it, and rotating the key
-        ends the sessions it opened."""
-        return next((_mac(known, message) for known, caller in self._keys if caller.name == name), None)
+    def sign(self, caller: Caller, message: str) -> str | None:
+        """An HMAC of `message` under the key of `caller` (name and role; the key's digest is the secret): a
+        dashboard session is signed by the key that opened it, so every process with the same keys accepts it,
+        rotating the key ends the sessions it opened, and a key never vouches for a role it does not hold even
+        when another key shares its name."""
+        return next((_mac(known, message) for known, holder in self._keys if holder == caller), None)
 
-    def verify(self, name: str, message: str, mac: str) -> Caller | None:
-        for known, caller in self._keys:
-            if caller.name == name and hmac.compare_digest(_mac(known, message), mac):
-                return caller
+    def verify(self, caller: Caller, message: str, mac: str) -> Caller | None:
+        for known, holder in self._keys:
+            if holder == caller and hmac.compare_digest(_mac(known, message), mac):
+                return holder
         return None
 
     def requires(self, role: Role) -> Callable[[Request], Awaitable[Caller]]:

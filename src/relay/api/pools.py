@@ -255,10 +255,12 @@ def pools_router(services: ApiServices, keys: ApiKeys) -> APIRouter:
         of that many simulated decisions."""
         view = pool(pool_id)
         request = body or PoolTestIn()
-        decision = await services.balancer.decide(request.sender, pool_id)
+        simulation = services.balancer.simulation()  # the live round-robin positions stay where they are
+        decision = await services.balancer.decide(request.sender, pool_id, simulation=simulation)
         picks: Counter[str] = Counter()
         for _ in range(request.count):
-            picks[(await services.balancer.decide(request.sender, pool_id)).workspace_id or "(none)"] += 1
+            pick = await services.balancer.decide(request.sender, pool_id, simulation=simulation)
+            picks[pick.workspace_id or "(none)"] += 1
         return PoolTestOut(
             pool_id=pool_id,
             sender=request.sender,

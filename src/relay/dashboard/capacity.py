@@ -10,17 +10,21 @@ from fastapi.responses import Response
 
 from ..api import Caller
 from ..api.pools import MemberStatus, member_status
+from ..balancer.eligibility import BELOW_THRESHOLD
 from .site import Site
 
 __all__ = ["RATE_WINDOW_MINUTES", "capacity_routes", "exhaustion_forecast"]
 
 RATE_WINDOW_MINUTES = 15  # the "current send rate" is the last quarter hour's
+_TOTALS_SECONDS = 60.0
+_DAY = 86_400.0  # daily limits: what lasts longer than a day at a rate is given back faster than it is used
 
 
 def exhaustion_forecast(members: list[MemberStatus], sent_per_minute: float) -> dict[str, Any]:
     """How long the pool's members that may take mail last at `sent_per_minute`, and whether their capacity
     comes back first. Members that are disabled, excluded or without capacity add nothing."""
-    usable = [m for m in members if m.enabled and m.excluded is None]
+    # A member only under its capacity threshold still takes mail: the pool spills to it when no other can.
+    usable = [m for m in members if m.enabled and m.excluded in (None, BELOW_THRESHOLD)]
     remaining = sum(m.remaining for m in usable)
     limit = sum(m.limit for m in usable)
     back_in = min((m.next_capacity_in_seconds for m in usable if m.remaining < m.limit), default=None)
@@ -34,6 +38,7 @@ def exhaustion_forecast(members: list[MemberStatus], sent_per_minute: float) -> 
         # rate outruns what comes back.
         "back_first": exhausted_in is not None and back_in is not None and back_in < exhausted_in,
         "back_in": back_in,
+        "beyond_day": exhausted_in is not None and exhausted_in > _DAY,
     }
 
 
@@ -55,13 +60,23 @@ def capacity_routes(site: Site) -> APIRouter:
     router = APIRouter()
     Viewer = Annotated[Caller, Depends(site.sessions.require("viewer"))]  # noqa: N806 (a type, used as one)
     api, activity = site.services.api, site.services.activity
+    cached: list[Any] = []  # [monotonic time read, day's sends, month's sends]
+
+    async def totals() -> tuple[dict[tuple[str | None, str], int], dict[tuple[str | None, str], int]]:
+        """The day's and the month's sends per route, read at most once a minute: a month of attempts is the
+        largest read any page makes, and spend does not change by the second."""
+        if not cached or api.clock.monotonic() - cached[0] > _TOTALS_SECONDS:
+            now = api.clock.now()
+            day = await activity.sent_by_route(now - timedelta(days=1))
+            month = await activity.sent_by_route(now - timedelta(days=30))
+            cached[:] = [api.clock.monotonic(), day, month]
+        return cached[1], cached[2]
 
     @router.get("/capacity")
     async def capacity(request: Request, caller: Viewer) -> Response:
         now = api.clock.now()
         recent = await activity.sent_by_route(now - timedelta(minutes=RATE_WINDOW_MINUTES))
-        day = await activity.sent_by_route(now - timedelta(days=1))
-        month = await activity.sent_by_route(now - timedelta(days=30))
+        day, month = await totals()
         pools = []
         for pool_id in sorted(api.balancer.catalog.pools):
             status = await api.balancer.get_pool_status(pool_id)

@@ -1,14 +1,14 @@
 """Logging in with an API key, and out."""
 
 from typing import Annotated
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ..api import Caller
-from .session import safe_next, same_origin
-from .site import Site, redirect
+from .session import read_form, safe_next
+from .site import Site, page_headers, redirect, take_flash
 
 __all__ = ["login_routes"]
 
@@ -20,24 +20,19 @@ def login_routes(site: Site) -> APIRouter:
 
     @router.get("/login")
     async def login_page(request: Request) -> Response:
-        query = request.query_params
-        context: dict[str, object] = {
-            "next": safe_next(query.get("next")),
-            "problem": query.get("problem"),
-            "notice": query.get("notice"),
-        }
-        context["no_keys"] = not sessions.keys
+        carrier = Response()
+        notice, problem = take_flash(request, carrier)
+        context = {"next": safe_next(request.query_params.get("next")), "notice": notice, "problem": problem,
+                   "no_keys": not sessions.keys}  # fmt: skip
         response = site.templates.TemplateResponse(request, "login.html", context)
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
-        return response
+        response.raw_headers.extend(h for h in carrier.raw_headers if h[0] == b"set-cookie")
+        return page_headers(response)
 
     @router.post("/login")
     async def log_in(request: Request) -> Response:
         # The login form has no session yet, so no form token; SameSite=Strict on the cookie it sets, and a key
         # that only its holder knows, are what stand in for one.
-        same_origin(request)
-        fields = dict(parse_qsl((await request.body())[:8192].decode("utf-8", "replace")))
+        fields = await read_form(request)
         target = safe_next(fields.get("next"))
         caller = sessions.keys.login(fields.get("key", ""))
         if caller is None:

@@ -2,6 +2,7 @@
 admin changes a member's weight or turns it on or off (audited like the API's write), and anyone may run the
 pool's routing test."""
 
+import re
 from collections import Counter
 from typing import Annotated, Any
 
@@ -13,10 +14,12 @@ from ..api import Caller
 from ..api.pool_writes import MemberPatch, member_change
 from ..api.pools import member_status, pool_metrics_out
 from ..errors import RelayError
+from ..pools import PreconditionFailedError, pool_etag
 from .site import Site, redirect
 
 __all__ = ["pool_routes"]
 
+_COUNT = re.compile(r"[0-9]{1,7}")
 _TEST_MAX = 1000  # simulated decisions per routing test: enough for shares, cheap for the page
 
 
@@ -55,17 +58,23 @@ def pool_routes(site: Site) -> APIRouter:
             raise HTTPException(404, f'no pool "{pool_id}"')
         test = None
         sender = request.query_params.get("sender")
-        if sender is not None:
+        # The live refresh fetches this address again every few seconds: it refreshes the members, and must not
+        # run the routing test again each time.
+        if sender is not None and "x-relay-live" not in request.headers:
             test = await routing_test(pool_id, sender[:512], request.query_params.get("count", "0"))
         audit = await api.audit.entries(target_type="pool", target_id=pool_id, limit=10)
-        return site.render(request, caller, "pool.html", "pools", card=card, test=test, audit=audit)
+        row = await api.pool_tables.get(pool_id)
+        etag = pool_etag(row) if row is not None else ""
+        return site.render(request, caller, "pool.html", "pools", card=card, test=test, audit=audit, etag=etag)
 
     async def routing_test(pool_id: str, sender: str, count_text: str) -> dict[str, Any]:
-        count = min(int(count_text), _TEST_MAX) if count_text.isdigit() else 0
-        decision = await api.balancer.decide(sender or "test@example.invalid", pool_id)
+        count = min(int(count_text), _TEST_MAX) if _COUNT.fullmatch(count_text) else 0
+        sender = sender or "test@example.invalid"
+        simulation = api.balancer.simulation()  # a dry run: the live round-robin positions stay where they are
+        decision = await api.balancer.decide(sender, pool_id, simulation=simulation)
         picks: Counter[str] = Counter()
         for _ in range(count):
-            picks[(await api.balancer.decide(sender, pool_id)).workspace_id or "(none)"] += 1
+            picks[(await api.balancer.decide(sender, pool_id, simulation=simulation)).workspace_id or "(none)"] += 1
         return {
             "sender": sender,
             "count": count,
@@ -87,11 +96,19 @@ def pool_routes(site: Site) -> APIRouter:
         changes = patch.model_dump(exclude_none=True)
         change = member_change(pool_id, workspace_id, lambda m: m.model_copy(update=changes))
         try:
-            await api.config.change_pool(pool_id, change, actor=caller.name, action="update_member")
+            # The form's version of the pool: a change made since the page was loaded is not silently undone.
+            etag = fields.get("etag") or None
+            await api.config.change_pool(pool_id, change, actor=caller.name, action="update_member", expected_etag=etag)
+        except PreconditionFailedError:
+            return redirect(back, "the pool was changed meanwhile (see its recent changes); nothing saved", error=True)
         except RelayError as exc:
             return redirect(back, str(exc), error=True)
         await api.refresh_pools()
-        state = "enabled" if patch.enabled else "disabled"
-        return redirect(back, f"{workspace_id}: weight {patch.weight}, {state} (audited as {caller.name})")
+        view = api.balancer.catalog.get(pool_id)
+        member = next((m for m in view.members if m.workspace_id == workspace_id), None) if view else None
+        if member is None:
+            return redirect(back, f"{workspace_id}: saved (audited as {caller.name})")
+        state = "enabled" if member.enabled else "disabled"
+        return redirect(back, f"{workspace_id}: weight {member.weight}, {state} (audited as {caller.name})")
 
     return router

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from collections.abc import Awaitable, Callable
+from typing import cast
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from fastapi import HTTPException, Request, Response
@@ -20,11 +22,12 @@ from ..api import ApiKeys, Caller
 from ..api.auth import Role, allows
 from ..clock import Clock
 
-__all__ = ["COOKIE", "SESSION_SECONDS", "Sessions", "safe_next", "same_origin"]
+__all__ = ["COOKIE", "SESSION_SECONDS", "Sessions", "read_form", "safe_next", "same_origin"]
 
 COOKIE = "relay_session"
 SESSION_SECONDS = 12 * 3600
 _MAX_FORM_BYTES = 64 * 1024  # the dashboard's forms are a few fields
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{1,400})\.(viewer|operator|admin)\.([0-9]{1,12})\.([0-9a-f]{64})")
 
 
 def _encode(name: str) -> str:
@@ -45,8 +48,8 @@ class Sessions:
 
     def open(self, response: Response, caller: Caller, secure: bool) -> None:
         expires = int(self._clock.now().timestamp()) + SESSION_SECONDS
-        body = f"{_encode(caller.name)}.{expires}"
-        mac = self.keys.sign(caller.name, f"session|{body}")
+        body = f"{_encode(caller.name)}.{caller.role}.{expires}"
+        mac = self.keys.sign(caller, f"session|{body}")
         assert mac is not None  # the caller came from these keys
         response.set_cookie(
             COOKIE, f"{body}.{mac}", max_age=SESSION_SECONDS, httponly=True, samesite="strict", secure=secure,
@@ -58,17 +61,19 @@ class Sessions:
         response.delete_cookie(COOKIE, path="/dashboard")
 
     def caller(self, request: Request) -> Caller | None:
-        token = request.cookies.get(COOKIE, "")
-        encoded, _, rest = token.partition(".")
-        expires, _, mac = rest.partition(".")
-        name = _decode(encoded)
-        if name is None or not expires.isdigit() or int(expires) < self._clock.now().timestamp():
+        found = _TOKEN.fullmatch(request.cookies.get(COOKIE, ""))
+        if found is None:
             return None
-        return self.keys.verify(name, f"session|{encoded}.{expires}", mac)
+        encoded, role, expires, mac = found.groups()
+        name = _decode(encoded)
+        if name is None or int(expires) < self._clock.now().timestamp():
+            return None
+        holder = Caller(name, cast(Role, role))
+        return self.keys.verify(holder, f"session|{encoded}.{role}.{expires}", mac)
 
     def csrf(self, request: Request, caller: Caller) -> str:
         """The token every form of this session carries."""
-        return self.keys.sign(caller.name, f"csrf|{request.cookies.get(COOKIE, '')}") or ""
+        return self.keys.sign(caller, f"csrf|{request.cookies.get(COOKIE, '')}") or ""
 
     def require(self, role: Role = "viewer") -> Callable[[Request], Awaitable[Caller]]:
         """A FastAPI dependency: the logged-in caller holding `role`; else a redirect to the login page (a 403
@@ -78,6 +83,9 @@ class Sessions:
             caller = self.caller(request)
             if caller is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                if request.method != "GET":  # a form posted after the session ended: back to its page
+                    referer = urlsplit(request.headers.get("referer", ""))
+                    target = safe_next(referer.path + (f"?{referer.query}" if referer.query else ""))
                 raise HTTPException(303, "log in first", headers={"Location": f"/dashboard/login?next={quote(target)}"})
             if not allows(caller, role):
                 raise HTTPException(403, f'this needs the "{role}" role; "{caller.name}" is a {caller.role}')
@@ -87,14 +95,21 @@ class Sessions:
 
     async def form(self, request: Request, caller: Caller) -> dict[str, str]:
         """The posted form's fields, once its token is checked."""
-        same_origin(request)
-        body = await request.body()
-        if len(body) > _MAX_FORM_BYTES:
-            raise HTTPException(413, "the form is too large")
-        fields = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        fields = await read_form(request)
         if not hmac.compare_digest(fields.get("csrf", ""), self.csrf(request, caller)):
             raise HTTPException(403, "the form's session token does not match; reload the page and try again")
         return fields
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A posted form's fields, from a same-site page, read without ever holding more than the largest form."""
+    same_origin(request)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise HTTPException(413, "the form is too large")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def same_origin(request: Request) -> None:

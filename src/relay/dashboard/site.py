@@ -3,12 +3,13 @@ caller, its form token and a one-line notice after a form was handled."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
@@ -21,10 +22,11 @@ from ..store import Activity
 from .charts import NONE, share_bars, stacked_columns
 from .session import Sessions
 
-__all__ = ["STATIC_DIR", "DashboardServices", "Site", "duration", "redirect"]
+__all__ = ["STATIC_DIR", "DashboardServices", "Site", "duration", "page_headers", "redirect", "take_flash"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 _TEMPLATES = Path(__file__).parent / "templates"
+_FLASH = "relay_flash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +57,39 @@ def _stamp(value: datetime | None) -> str:
 
 
 def redirect(path: str, notice: str | None = None, error: bool = False) -> Response:
-    """After a form: back to a page (303, so a reload does not post again), with the outcome as a notice."""
+    """After a form: back to a page (303, so a reload does not post again), with the outcome as a notice. The
+    notice rides in a short-lived cookie, not in the address: a link from elsewhere cannot put words in the
+    dashboard's mouth."""
+    response = RedirectResponse(path, status_code=303)
     if notice:
-        path += ("&" if "?" in path else "?") + ("problem=" if error else "notice=") + quote(notice)
-    return RedirectResponse(path, status_code=303)
+        value = base64.urlsafe_b64encode(json.dumps([error, notice[:500]]).encode()).decode()
+        response.set_cookie(_FLASH, value, max_age=60, httponly=True, samesite="strict", path="/dashboard")
+    return response
+
+
+def take_flash(request: Request, response: Response) -> tuple[str | None, str | None]:
+    """The (notice, problem) a redirect left for this page, forgotten once shown."""
+    value = request.cookies.get(_FLASH)
+    if value is None:
+        return None, None
+    response.delete_cookie(_FLASH, path="/dashboard")
+    try:
+        error, text = json.loads(base64.urlsafe_b64decode(value.encode()))
+    except (ValueError, TypeError):
+        return None, None
+    if not isinstance(text, str):
+        return None, None
+    return (None, text) if error else (text, None)
+
+
+def page_headers(response: Response) -> Response:
+    # Pages show live state and carry a form token: never cache them, never frame them.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
+    )
+    return response
 
 
 class Site:
@@ -79,16 +110,10 @@ class Site:
             "section": section,
             "can_operate": allows(caller, "operator"),
             "can_admin": allows(caller, "admin"),
-            "notice": request.query_params.get("notice"),
-            "problem": request.query_params.get("problem"),
             "now": self.services.api.clock.now(),
-            **context,
         }
-        response = self.templates.TemplateResponse(request, template, values)
-        # Pages show live state and carry a form token: never cache them, never frame them.
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
-        )
-        return response
+        carrier = Response()
+        values["notice"], values["problem"] = take_flash(request, carrier)
+        response = self.templates.TemplateResponse(request, template, {**values, **context})
+        response.raw_headers.extend(h for h in carrier.raw_headers if h[0] == b"set-cookie")
+        return page_headers(response)

@@ -8,6 +8,7 @@ with that member excluded.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -239,18 +240,32 @@ class LoadBalancer:
                 return decision
         return None
 
+    def simulation(self) -> dict[str, RoundRobin]:
+        """Round-robin states for dry runs: copies of this process's, so that a dry run shows the next real picks
+        without moving them."""
+        return copy.deepcopy(self._round_robin)
+
     async def decide(
-        self, sender: str, pool_id: str, *, exclude: Collection[str] = (), refused: Collection[str] = ()
+        self,
+        sender: str,
+        pool_id: str,
+        *,
+        exclude: Collection[str] = (),
+        refused: Collection[str] = (),
+        simulation: dict[str, RoundRobin] | None = None,
     ) -> Decision:
         """One decision in `pool_id` for `sender`, leaving out members already tried (`exclude`) or whose
-        reservation was refused (`refused`) in this delivery pass."""
+        reservation was refused (`refused`) in this delivery pass. With `simulation` (from `simulation()`), a dry
+        run: it takes its round-robin state from there and is left out of the decision-time metric."""
         started = time.perf_counter()
+        observe = simulation is None
         pool = self._catalog.get(pool_id)
         if pool is None:
             return Decision(pool_id, "", sender, None, 0.0)
         snapshot = await self._snapshot(pool, sender, exclude, refused)
         candidates = snapshot.candidates
-        state = self._round_robin.setdefault(pool.id, RoundRobin()) if pool.strategy == "round_robin" else None
+        states = self._round_robin if simulation is None else simulation
+        state = states.setdefault(pool.id, RoundRobin()) if pool.strategy == "round_robin" else None
         selection = select(pool.strategy, candidates, self._rng, state)
         spilled = False
         if selection is None:
@@ -263,7 +278,7 @@ class LoadBalancer:
                 selection = select(pool.strategy, relaxed, self._rng, state)
                 spilled = selection is not None
         if selection is None:
-            elapsed_us = self._elapsed_us(pool.id, started)
+            elapsed_us = self._elapsed_us(pool.id, started, observe)
             return Decision(pool.id, pool.strategy, sender, None, 0.0, None, snapshot, sender, None, False, elapsed_us)
         index = next(i for i, m in enumerate(snapshot.members) if m.workspace_id == selection.workspace_id)
         return Decision(
@@ -277,13 +292,13 @@ class LoadBalancer:
             sent_as=snapshot.senders[index],
             capacity_score=snapshot.capacities[index].remaining_fraction,
             spilled=spilled,
-            elapsed_us=self._elapsed_us(pool.id, started),
+            elapsed_us=self._elapsed_us(pool.id, started, observe),
         )
 
-    def _elapsed_us(self, pool_id: str, started: float) -> float:
+    def _elapsed_us(self, pool_id: str, started: float, observe: bool) -> float:
         """Microseconds since `started` (perf_counter): the decision's time, observed per pool."""
         elapsed = time.perf_counter() - started
-        if self.metrics is not None:
+        if observe and self.metrics is not None:
             self.metrics.selection_time(pool_id, elapsed)
         return elapsed * 1e6
 
@@ -382,14 +397,16 @@ class LoadBalancer:
             return None
         who = sender or "(any sender)"
         snapshot = await self._snapshot(pool, who, (), fresh=True)  # a status is read rarely: the counters now
-        kept, _ = eligible(snapshot.candidates)
+        kept, excluded = eligible(snapshot.candidates)
+        # A member only under its capacity threshold still takes mail (the pool spills to it when no other can).
+        spill = sum(1 for reason in excluded.values() if reason == BELOW_THRESHOLD)
         return PoolStatus(
             pool_id=pool.id,
             name=pool.name,
             strategy=pool.strategy,
             enabled=pool.enabled,
             members=snapshot.reports(None),
-            available=len(kept),
+            available=len(kept) + spill,
             selections={ws: n for (p, ws), n in self._chosen.items() if p == pool.id},
             successes={ws: n for (p, ws), n in self._succeeded.items() if p == pool.id},
             exhausted=self._exhausted[pool.id],

@@ -87,6 +87,8 @@ delivery_attempts = sa.Table(
     sa.Column("sent_as", sa.String(512), nullable=True),
     sa.Index("ix_delivery_attempts_message_id", "message_id"),
     sa.Index("ix_delivery_attempts_provider_message_id", "provider_message_id"),
+    sa.Index("ix_delivery_attempts_finished_at", "finished_at"),
+    sa.Index("ix_delivery_attempts_workspace_id", "workspace_id", "id"),
 )
 
 # Runtime state of each configured workspace, shared by every process on the database.
@@ -205,6 +207,7 @@ events = sa.Table(
     sa.Column("fanned_out", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_events_fanned_out", "fanned_out", "id"),
     sa.Index("ix_events_message_id", "message_id"),
+    sa.Index("ix_events_type", "type", "id"),
 )
 
 # Where events go: from the config file's `webhooks` (managed_by "file") or `/api/v1/webhooks` ("api").

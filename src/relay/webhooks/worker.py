@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections import Counter
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -98,8 +99,17 @@ async def _send(tally: Tally, reports: Connection) -> None:
         return
     batch = dict(tally)
     tally.clear()
-    # In a thread: a parent that stops reading may block this send, never the dispatcher's loop.
-    await asyncio.to_thread(reports.send, batch)
+    # In a thread: a parent that stops reading may block this send, never the dispatcher's loop. The lock keeps a
+    # send whose task was cancelled (its thread goes on) from interleaving its bytes with the final one's.
+    await asyncio.to_thread(_send_locked, reports, batch)
+
+
+_SEND_LOCK = threading.Lock()
+
+
+def _send_locked(reports: Connection, batch: dict[tuple[str, str], int]) -> None:
+    with _SEND_LOCK:
+        reports.send(batch)
 
 
 class WorkerProcess:
@@ -156,6 +166,10 @@ class WorkerProcess:
                     for (endpoint, outcome), count in batch.items():
                         self._on_result(endpoint, outcome, count)
         except (EOFError, OSError):  # the worker exited: nothing more will come on this pipe
+            reports.close()
+            self._reports = None
+        except Exception as exc:  # a garbled report must not end the supervision (and with it the restarts)
+            log.warning("webhooks.report_unreadable", error=f"{type(exc).__name__}: {exc}")
             reports.close()
             self._reports = None
 
