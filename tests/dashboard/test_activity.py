@@ -5,40 +5,21 @@ helpers that shape a payload and a before/after diff."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from html import unescape
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from relay.dashboard.activity import Change, changes, compact, parse_target, short
 from relay.runtime import Relay
 from relay.store import AuditLog
-from tests.support.dashboard import ADMIN_KEY, KEYS, VIEWER_KEY, dashboard_client
-from tests.support.pools import pool, submit_many, wait_for_statuses
-from tests.support.relay import config, sandbox_workspace, start_relay
+from tests.support.dashboard import ADMIN_KEY, VIEWER_KEY, dashboard_client
+from tests.support.pools import submit_many, wait_for_statuses
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PASSWORD = "upstream-password-4f1c9e"
 NEW_PASSWORD = "rotated-password-7d20b3"
-
-
-@pytest.fixture
-async def relay(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Relay]:
-    data = config(
-        sqlite_url,
-        [
-            sandbox_workspace("ws-a", ["a.example"], tmp_path / "a"),
-            sandbox_workspace("ws-b", ["b.example"], tmp_path / "b"),
-        ],
-        http=KEYS,
-        load_balancing_pools=[pool("invite", ["invite.com"], [("ws-a", 3.0), ("ws-b", 1.0)])],
-    )
-    started = await start_relay(data, tmp_path)
-    yield started
-    await started.stop()
 
 
 def api(relay: Relay) -> httpx.AsyncClient:

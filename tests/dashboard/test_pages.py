@@ -7,29 +7,11 @@ import html
 import re
 from pathlib import Path
 
-import pytest
-
 from relay.runtime import Relay
 from relay.store import AuditLog
-from tests.support.dashboard import ADMIN_KEY, KEYS, VIEWER_KEY, dashboard_client, form_token
-from tests.support.pools import pool, submit_many, wait_for_statuses
+from tests.support.dashboard import ADMIN_KEY, VIEWER_KEY, dashboard_client, form_token
+from tests.support.pools import submit_many, wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, start_relay
-
-
-@pytest.fixture
-async def relay(sqlite_url: str, tmp_path: Path) -> Relay:
-    data = config(
-        sqlite_url,
-        [
-            sandbox_workspace("ws-a", ["a.example"], tmp_path / "a"),
-            sandbox_workspace("ws-b", ["b.example"], tmp_path / "b"),
-        ],
-        http=KEYS,
-        load_balancing_pools=[pool("invite", ["invite.com"], [("ws-a", 3.0), ("ws-b", 1.0)])],
-    )
-    started = await start_relay(data, tmp_path)
-    yield started
-    await started.stop()
 
 
 def etag_of(page: str) -> str:

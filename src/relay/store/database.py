@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -104,7 +105,7 @@ class Database:
     async def upgrade(self) -> None:
         """Apply Alembic migrations up to head; safe when several processes start at once."""
         lock = _upgrade_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-        async with lock, self.engine.connect() as connection:
+        async with lock, self._sqlite_file_lock(), self.engine.connect() as connection:
             if self.dialect in ("mysql", "mariadb"):
                 await connection.execute(sa.text("SELECT GET_LOCK('relay_migrations', 120)"))
             try:
@@ -113,6 +114,21 @@ class Database:
             finally:
                 if self.dialect in ("mysql", "mariadb"):
                     await connection.execute(sa.text("SELECT RELEASE_LOCK('relay_migrations')"))
+
+    @asynccontextmanager
+    async def _sqlite_file_lock(self) -> AsyncIterator[None]:
+        """On SQLite, processes upgrading one file take turns on a lock file beside it: Alembic's SQLite DDL does
+        not stay inside one transaction, so the database's own lock does not keep two upgrades apart."""
+        path = make_url(self.url).database
+        if self.dialect != "sqlite" or not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.migrate-lock", "a+b") as handle:  # noqa: ASYNC230 (opening a lock file does not block)
+            await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _upgrade_sync(self, connection: sa.Connection) -> None:
         if self.dialect == "postgresql":
