@@ -9,21 +9,16 @@ from collections.abc import Mapping
 from html import unescape
 from typing import Any
 
-import httpx
-
 from relay.dashboard.activity import Change, changes, compact, parse_target, short
 from relay.runtime import Relay
 from relay.store import AuditLog
+from tests.support.api import api_client
 from tests.support.dashboard import ADMIN_KEY, VIEWER_KEY, dashboard_client
 from tests.support.pools import submit_many, wait_for_statuses
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PASSWORD = "upstream-password-4f1c9e"
 NEW_PASSWORD = "rotated-password-7d20b3"
-
-
-def api(relay: Relay) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=relay.api_app()), base_url="http://t")
 
 
 def event_rows(html: str) -> list[str]:
@@ -61,7 +56,7 @@ async def test_events_show_the_latest_and_filter_by_type(relay: Relay) -> None:
 
 
 async def test_audit_masks_workspace_secrets_and_shows_what_changed(relay: Relay) -> None:
-    async with api(relay) as client:
+    async with api_client(relay) as client:
         created = await client.post("/api/v1/workspaces", json=smtp_workspace(2525, PASSWORD), headers=ADMIN)
         assert created.status_code == 201, created.text
         changed = await client.put("/api/v1/workspaces/ws-smtp", json=smtp_workspace(2526, NEW_PASSWORD), headers=ADMIN)
@@ -86,7 +81,7 @@ async def test_audit_masks_workspace_secrets_and_shows_what_changed(relay: Relay
 
 
 async def test_audit_filters_by_target(relay: Relay) -> None:
-    async with api(relay) as client:
+    async with api_client(relay) as client:
         changed = await client.put("/api/v1/pools/invite/workspaces/ws-b", json={"weight": 2}, headers=ADMIN)
         assert changed.status_code == 200, changed.text
     [entry] = await AuditLog(relay.db).entries(target_type="pool", target_id="invite")

@@ -53,7 +53,7 @@ def create_app(
             return Response(await scrape(), media_type=CONTENT_TYPE)
 
     if services is not None:
-        keys = keys or ApiKeys(())
+        keys = keys if keys is not None else ApiKeys(())
         app.include_router(pools_router(services, keys))
         app.include_router(pool_writes_router(services, keys))
         app.include_router(workspaces_router(services, keys))

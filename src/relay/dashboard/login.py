@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from ..api import Caller
 from .session import read_form, safe_next
-from .site import Site, page_headers, redirect, take_flash
+from .site import Site, page, redirect
 
 __all__ = ["login_routes"]
 
@@ -20,13 +20,8 @@ def login_routes(site: Site) -> APIRouter:
 
     @router.get("/login")
     async def login_page(request: Request) -> Response:
-        carrier = Response()
-        notice, problem = take_flash(request, carrier)
-        context = {"next": safe_next(request.query_params.get("next")), "notice": notice, "problem": problem,
-                   "no_keys": not sessions.keys}  # fmt: skip
-        response = site.templates.TemplateResponse(request, "login.html", context)
-        response.raw_headers.extend(h for h in carrier.raw_headers if h[0] == b"set-cookie")
-        return page_headers(response)
+        context = {"next": safe_next(request.query_params.get("next")), "no_keys": not sessions.keys}
+        return page(site.templates, request, "login.html", context)
 
     @router.post("/login")
     async def log_in(request: Request) -> Response:

@@ -22,7 +22,7 @@ from ..store import Activity
 from .charts import NONE, share_bars, stacked_columns
 from .session import Sessions
 
-__all__ = ["STATIC_DIR", "DashboardServices", "Site", "duration", "page_headers", "redirect", "take_flash"]
+__all__ = ["STATIC_DIR", "DashboardServices", "Site", "duration", "page", "redirect", "take_flash"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -82,7 +82,12 @@ def take_flash(request: Request, response: Response) -> tuple[str | None, str | 
     return (None, text) if error else (text, None)
 
 
-def page_headers(response: Response) -> Response:
+def page(templates: Jinja2Templates, request: Request, template: str, values: dict[str, Any]) -> Response:
+    """A page with the notice a redirect left for it (then forgotten), never cached, never framed."""
+    carrier = Response()
+    notice, problem = take_flash(request, carrier)
+    response = templates.TemplateResponse(request, template, {"notice": notice, "problem": problem, **values})
+    response.raw_headers.extend(h for h in carrier.raw_headers if h[0] == b"set-cookie")
     # Pages show live state and carry a form token: never cache them, never frame them.
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
@@ -111,9 +116,6 @@ class Site:
             "can_operate": allows(caller, "operator"),
             "can_admin": allows(caller, "admin"),
             "now": self.services.api.clock.now(),
+            **context,
         }
-        carrier = Response()
-        values["notice"], values["problem"] = take_flash(request, carrier)
-        response = self.templates.TemplateResponse(request, template, {**values, **context})
-        response.raw_headers.extend(h for h in carrier.raw_headers if h[0] == b"set-cookie")
-        return page_headers(response)
+        return page(self.templates, request, template, values)
