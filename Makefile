@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= examples/relay.json
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev run test lint format bench clean
+.PHONY: setup setup-dev run test test-reliability lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,12 +49,20 @@ format: setup-dev
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The reliability suite in full (RELAY_RELIABILITY=full): 20 kill rounds per database, the whole provider fault
+# matrix, thousands of fuzzed SMTP sessions. Its report becomes docs/RELIABILITY.md; `make test` runs a bounded
+# subset of the same tests.
+test-reliability: setup-dev
+	RELAY_RELIABILITY=full $(BIN)/pytest tests/reliability -p no:cacheprovider $(PYTEST_ARGS)
+	cp test-artifacts/reliability/REPORT.md docs/RELIABILITY.md
+	@echo "reliability: report written to docs/RELIABILITY.md"
+
+# Every benchmark, each side by side with its peer where there is one, then docs/BENCHMARKS.md from this run.
+BENCHMARKS := smtp http_api e2e_http decision capacity memory scale_out
 bench: setup-dev
-	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.limits
-	$(BIN)/python -m bench.balancer
-	$(BIN)/python -m bench.decision
-	$(BIN)/python -m bench.webhooks
+	rm -rf bench/results/latest
+	$(foreach b,$(BENCHMARKS),$(BIN)/python -m bench.$(b) &&) true
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 """Latency of the limits layer: a capacity snapshot, one reservation (memory and Redis), and a Redis PING.
 
-    make bench                                   # bench.run, then this
+    python -m bench.limits                       # defaults below
     python -m bench.limits --iterations 5000 --warmup 500
     python -m bench.limits --redis-url redis://127.0.0.1:6379/0
 

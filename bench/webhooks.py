@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import free_port, wait_port
+from bench.common import free_port, wait_port
 
 RECEIVER = r"""
 import asyncio, sys

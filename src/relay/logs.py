@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "log_context"]
+
+
+@contextlib.contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """Name `values` on every line logged in this task until the block ends, then restore what was bound before.
+
+    What `structlog.contextvars.bound_contextvars` does, without its first step — reading the whole context
+    (`copy_context()` and a scan of every variable) to save what it will overwrite — which cost 7 % of a
+    delivery's CPU. The tokens `bind_contextvars` returns restore the previous values exactly.
+    """
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from relay.logs import log_context
 from tests.support.health import with_health
 from tests.support.pools import pool, submit_many, wait_for_statuses
 from tests.support.relay import config, sandbox_workspace, start_relay
@@ -52,3 +53,15 @@ async def test_every_line_of_a_pool_delivery_names_the_message_pool_and_workspac
     assert (opened["workspace_id"], opened["new"]) == ("ws-bad", "open")
     [attempt] = [e for e in logs if e["event"] == "delivery.attempt"]
     assert (attempt["workspace_id"], attempt["result"]) == ("ws-a", "sent")
+
+
+def test_log_context_restores_what_was_bound_before_and_unbinds_what_was_not() -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(message_id="outer")
+    with log_context(message_id="inner", workspace_id="ws-a"):
+        assert structlog.contextvars.get_contextvars() == {"message_id": "inner", "workspace_id": "ws-a"}
+        with log_context(workspace_id="ws-b"):
+            assert structlog.contextvars.get_contextvars() == {"message_id": "inner", "workspace_id": "ws-b"}
+        assert structlog.contextvars.get_contextvars() == {"message_id": "inner", "workspace_id": "ws-a"}
+    assert structlog.contextvars.get_contextvars() == {"message_id": "outer"}
+    structlog.contextvars.clear_contextvars()

@@ -330,6 +330,15 @@ async def test_check_is_not_ok_when_mailgun_fails(make: Callable[..., MailgunPro
     assert len(state.pending) == 1  # the messages failure was left for a send
 
 
+async def test_check_is_ok_when_rate_limited(make: Callable[..., MailgunProvider], state: MailgunState) -> None:
+    # A 429 storm is a quota, which sends handle by pausing the workspace; a check must not also count it as a
+    # failure towards opening the breaker (tests/reliability/test_provider_faults.py saw the breaker open).
+    state.inject(429, "Too many requests", endpoint="domains")
+    health = await make().check()
+    assert health.ok
+    assert health.detail == f"domain {DOMAIN}: rate limited (HTTP 429); reachable"
+
+
 # --- the registry ---------------------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ERROR_RESPONSES", "ApiError", "ErrorOut", "install_error_handlers"]
 
@@ -70,18 +71,56 @@ def _field(location: Any) -> str:
     return out
 
 
+class RefuseNul:
+    """No identifier or filter contains NUL, and PostgreSQL cannot even compare text with one: refuse it here
+    instead of failing in the driver. A plain ASGI middleware: `@app.middleware("http")` runs every request in
+    a task of its own, which cost 7 % of the CPU of a `POST /api/v1/messages`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if "\x00" in path or "%00" in path or b"%00" in scope.get("query_string", b""):
+            await _refuse("NUL characters are not allowed in paths or queries")(scope, receive, send)
+            return
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if scope["method"] not in ("POST", "PUT", "PATCH") or b"json" not in content_type:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if b"\\u0000" in body or b"\x00" in body:
+            await _refuse("NUL characters are not allowed in JSON bodies")(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:  # the route reads the body again
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _refuse(message: str) -> JSONResponse:
+    return JSONResponse(_body("bad_request", message), 400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def refuse_nul(request: Request, call_next: Any) -> Any:
-        # No identifier or filter contains NUL, and PostgreSQL cannot even compare text with one: refuse it here
-        # instead of failing in the driver.
-        if "\x00" in request.url.path or "%00" in request.url.query or "%00" in request.url.path:
-            return JSONResponse(_body("bad_request", "NUL characters are not allowed in paths or queries"), 400)
-        if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", ""):
-            body = await request.body()  # cached: the route reads it again
-            if b"\\u0000" in body or b"\x00" in body:
-                return JSONResponse(_body("bad_request", "NUL characters are not allowed in JSON bodies"), 400)
-        return await call_next(request)
+    app.add_middleware(RefuseNul)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:

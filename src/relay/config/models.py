@@ -295,6 +295,9 @@ class RetryPolicySettings(_Model):
 
 
 class DeliverySettings(_Model):
+    # false: this process accepts and queues but never delivers (an ingress-only node; another process on the
+    # same database delivers). Also how `bench.smtp` measures accepting alone, as Postfix does with qmgr stopped.
+    enabled: bool = True
     concurrency: int = Field(default=64, ge=1, le=10_000)
     lease_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)

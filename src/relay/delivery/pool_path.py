@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..logs import log_context
 from ..pools import Decision, LoadBalancer
 from ..providers import Outcome
 from ..routing import Router
@@ -33,6 +34,13 @@ log = structlog.get_logger(__name__)
 
 _FAILOVER_KINDS = frozenset({"retry", "quota", "auth"})
 _UNKNOWN_WAIT = 60.0  # no member says when it comes back (all disabled, say): look again in a minute
+# How long a message waits for a connection of a member whose connections are all busy before it tries another
+# member; it waits the whole slot budget only when every member is busy. Waiting holds one of the worker's
+# `concurrency` places: with one slow member (5 s answers, inside the send timeout) the waiting messages took
+# them all and mail to the healthy members stalled for up to the slot budget (tests/reliability, slow fault).
+# Connections busy with ordinary sends free up well within this, so the shares still follow the weights.
+_BUSY_WAIT = 0.5
+_BUSY = "all connections busy"
 
 
 class PoolPath:
@@ -42,7 +50,7 @@ class PoolPath:
         self._router = router
 
     async def deliver(self, message: QueuedMessage, pool_id: str) -> None:
-        with structlog.contextvars.bound_contextvars(pool_id=pool_id):
+        with log_context(pool_id=pool_id):
             await self._deliver(message, pool_id)
 
     async def _deliver(self, message: QueuedMessage, pool_id: str) -> None:
@@ -54,6 +62,7 @@ class PoolPath:
         tried: list[str] = []
         refused: dict[str, Admission] = {}
         busy = False
+        patient = False  # see _BUSY_WAIT
         earlier: list[AttemptRecord] = []
         last: tuple[AttemptRecord, Outcome] | None = None
         decision: Decision | None = None
@@ -70,19 +79,24 @@ class PoolPath:
                 break
             workspace_id = decision.workspace_id
             if workspace_id is None:
+                if busy and not patient:
+                    # Every member left was busy: decide among them again, and wait for a connection this time.
+                    patient = True
+                    refused = {ws: a for ws, a in refused.items() if a.reason != _BUSY}
+                    continue
                 break
             provider = worker.providers.get(workspace_id)
             if provider is None:  # the catalog only lists configured workspaces; a reload may race
                 refused[workspace_id] = Admission(False, reason="not configured in this process")
                 continue
             # Bound for this member's try only: a line logged after it (pool exhausted, say) is not about it.
-            with structlog.contextvars.bound_contextvars(workspace_id=workspace_id):
-                async with worker.slot(workspace_id, provider, budget) as acquired:
+            with log_context(workspace_id=workspace_id):
+                async with worker.slot(
+                    workspace_id, provider, budget if patient else min(budget, _BUSY_WAIT)
+                ) as acquired:
                     if not acquired:
                         busy = True
-                        refused[workspace_id] = Admission(
-                            False, wait=worker.poll_interval, reason="all connections busy"
-                        )
+                        refused[workspace_id] = Admission(False, wait=worker.poll_interval, reason=_BUSY)
                         continue
                     if worker.stopping:
                         if tried:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from ..clock import Clock, SystemClock
+from ..logs import log_context
 from ..metrics import Metrics
 from ..mime import PRIVATE_HEADERS, PRIVATE_PREFIXES, present_sender, remove_fields, rewrite_headers
 from ..pools import HealthView, LoadBalancer
@@ -170,7 +171,7 @@ class DeliveryWorker:
     async def _deliver_safely(self, message: QueuedMessage) -> None:
         # Each delivery is a task of its own, so what is bound here (and below: the pool, the workspace) names
         # the message on every line logged on its way, the limits', health's and providers' included.
-        with structlog.contextvars.bound_contextvars(message_id=message.id):
+        with log_context(message_id=message.id):
             try:
                 await self._deliver(message)
             except asyncio.CancelledError:
@@ -191,7 +192,7 @@ class DeliveryWorker:
         self, message: QueuedMessage, workspace_id: str | None, evidence: dict[str, Any] | None = None
     ) -> None:
         """Deliver through one workspace; `evidence` is a pool decision that led here (degradation)."""
-        with structlog.contextvars.bound_contextvars(**({"workspace_id": workspace_id} if workspace_id else {})):
+        with log_context(**({"workspace_id": workspace_id} if workspace_id else {})):
             await self._deliver_direct(message, workspace_id, evidence)
 
     async def _deliver_direct(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-__all__ = ["fields", "header_values", "remove_fields", "split_header_block"]
+__all__ = ["bare_cr_in_header", "fields", "header_values", "remove_fields", "split_header_block"]
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 
@@ -22,6 +22,17 @@ def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     # Whichever blank line comes first ends the headers, for messages that mix CRLF and LF.
     end = crlf + 4 if crlf != -1 and (lf == -1 or crlf < lf) else lf + 2
     return raw[:end], raw[end:]
+
+
+def bare_cr_in_header(raw: bytes) -> bool:
+    """Whether the top-level header block holds a CR that is not part of a CRLF (RFC 5322 §2.2 allows none).
+
+    These functions end a line at LF, but many readers also end one at a bare CR (Python's email package, an SMTP
+    client repairing line endings before DATA): a field hidden behind one (`Subject: x<CR>Bcc: y`) would reach
+    them as a field of its own that `remove_fields` never saw.
+    """
+    header_block, _ = split_header_block(raw)
+    return header_block.count(b"\r") != header_block.count(b"\r\n")
 
 
 def fields(header_block: bytes) -> Iterator[tuple[bytes, bytes]]:

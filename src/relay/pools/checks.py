@@ -145,7 +145,10 @@ class HealthChecker:
                 self._health.note(WorkspaceState(workspace_id, "active", None, now, None))
                 log.info("workspace.health_changed", workspace_id=workspace_id, old="auth_broken", new="healthy")
             # The store decides, not this process's cache: another process may have opened it a moment ago.
-            await self._breakers.recovered(workspace_id)
+            try:
+                await self._breakers.recovered(workspace_id)
+            finally:
+                self._health.changed()
             return
         if result.auth:
             old = self._health.health(workspace_id, now).state
@@ -161,9 +164,12 @@ class HealthChecker:
                     error=result.detail,
                 )
             return
-        await self._breakers.failure(
-            workspace_id, f"check: {result.detail}", self._health.ejection_groups(workspace_id)
-        )
+        try:
+            await self._breakers.failure(
+                workspace_id, f"check: {result.detail}", self._health.ejection_groups(workspace_id)
+            )
+        finally:
+            self._health.changed()
 
 
 def breaker_settings(health: HealthSettings, probe_timeout_seconds: float) -> BreakerSettings:

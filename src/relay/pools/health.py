@@ -6,7 +6,10 @@ Two sources, each kept apart by kind of trouble:
 - the circuit breakers (`relay.health`, shared through Redis when configured): `open` (ejected until its
   deadline), `half_open` (one probe across all processes), and `degraded` (closed, but failing lately).
 Both are cached for at most `refresh_seconds`; a decision reads the cache, and the send itself asks the breaker
-for admission (`admit`), so a half-open workspace gets exactly one probe.
+for admission (`admit`), so a half-open workspace gets exactly one probe. `version` changes whenever this view may
+answer differently for a reason other than the clock (a refresh that found something new, a noted state, a
+breaker write through it or through `changed()`), so that a caller keeping what it read (the `LoadBalancer`'s
+plans) knows to read again.
 """
 
 from __future__ import annotations
@@ -60,8 +63,13 @@ class HealthView:
         self._read_at = float("-inf")
         self._workspace_ids: list[str] = []
         self._down_until = float("-inf")
+        self.version = 0
         # workspace id -> the pools it is in, for the breaker's ejection cap (set by the runtime)
         self.ejection_groups: Callable[[str], EjectionGroups] = lambda _workspace_id: ()
+
+    def changed(self) -> None:
+        """Something this view reads changed outside it (a health check wrote a breaker): answers may differ."""
+        self.version += 1
 
     def track(self, workspace_ids: list[str]) -> None:
         """The workspaces whose breakers `refresh` keeps fresh."""
@@ -73,13 +81,18 @@ class HealthView:
         if not force and now - self._read_at < self._refresh_seconds:
             return
         self._read_at = now
-        if self._states is not None:
-            self._known = {k: v for k, v in (await self._states.all()).items() if v.state != "active"}
-        if self._breakers is not None and self._workspace_ids and not self._store_down():
-            try:
-                await self._breakers.states(self._workspace_ids, fresh=True)  # one MGET: the view is never older
-            except Exception as exc:  # Redis away: keep the last view
-                self._store_failed("health.refresh_failed", "*", exc)
+        before = (self._known, self._blocked())
+        try:
+            if self._states is not None:
+                self._known = await self._states.troubled()
+            if self._breakers is not None and self._workspace_ids and not self._store_down():
+                try:
+                    await self._breakers.states(self._workspace_ids, fresh=True)  # one MGET: the view is never older
+                except Exception as exc:  # Redis away: keep the last view
+                    self._store_failed("health.refresh_failed", "*", exc)
+        finally:
+            if (self._known, self._blocked()) != before:  # most refreshes find nothing new: plans stay
+                self.version += 1
 
     def state(self, workspace_id: str) -> WorkspaceState | None:
         """The workspace's credential or quota trouble (the shared table), or None when it has none."""
@@ -139,20 +152,26 @@ class HealthView:
         limits are the law."""
         if self._breakers is None or self._store_down():
             return True, None
+        before = self._blocking(workspace_id)
         try:
             return await self._breakers.admit_send(workspace_id)
         except Exception as exc:
             self._store_failed("health.admit_failed", workspace_id, exc)
             return True, None
+        finally:
+            self._moved(workspace_id, before)
 
     async def release(self, workspace_id: str, probe: str | None) -> None:
         """The send admitted with `probe` did not happen: let the next caller probe."""
         if probe is None or self._breakers is None or self._store_down():
             return
+        before = self._blocking(workspace_id)
         try:
             await self._breakers.release_probe(workspace_id, probe)
         except Exception as exc:
             self._store_failed("health.release_failed", workspace_id, exc)
+        finally:
+            self._moved(workspace_id, before)
 
     async def observe(self, workspace_id: str, outcome: Outcome, error: str, probe: str | None = None) -> None:
         """Feed a send's outcome to the breaker: answered (sent, or refused for the message's own reasons) is
@@ -163,6 +182,7 @@ class HealthView:
         if breakers is None or self._store_down():
             return
         who = probe or ""  # "" never owns a probe: only the probe's own result may close or reopen
+        before = self._blocking(workspace_id)
         try:
             if outcome.kind in ("sent", "permanent"):
                 if probe is None and breakers.quiet_success(workspace_id):
@@ -174,6 +194,28 @@ class HealthView:
                 await breakers.release_probe(workspace_id, probe)
         except Exception as exc:
             self._store_failed("health.record_failed", workspace_id, exc)
+        finally:
+            self._moved(workspace_id, before)
+
+    def _blocked(self) -> dict[str, tuple[str, float | None, float | None]]:
+        """What `blocked_until` reads of every tracked breaker that is not closed."""
+        if self._breakers is None:
+            return {}
+        out: dict[str, tuple[str, float | None, float | None]] = {}
+        for workspace_id in self._workspace_ids:
+            breaker = self._breakers.cached(workspace_id)
+            if breaker is not None and breaker.state != "closed":
+                out[workspace_id] = (breaker.state, breaker.open_until, breaker.probe_until)
+        return out
+
+    def _blocking(self, workspace_id: str) -> tuple[str, float | None, float | None] | None:
+        """What `blocked_until` reads of the workspace's cached breaker."""
+        breaker = self.breaker(workspace_id)
+        return None if breaker is None else (breaker.state, breaker.open_until, breaker.probe_until)
+
+    def _moved(self, workspace_id: str, before: tuple[str, float | None, float | None] | None) -> None:
+        if self._blocking(workspace_id) != before:
+            self.version += 1
 
     def _store_down(self) -> bool:
         return self._clock.monotonic() < self._down_until
@@ -186,6 +228,7 @@ class HealthView:
 
     def note(self, state: WorkspaceState) -> None:
         """This process just changed a workspace's credential or quota state: use it before the next read."""
+        self.version += 1
         if state.state == "active":
             self._known.pop(state.id, None)
         else:

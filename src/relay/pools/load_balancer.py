@@ -1,196 +1,76 @@
 """The PRD's `LoadBalancer` (TR1): one pool's choice for one sender, with its evidence, and the pool's status.
 
 It gathers the snapshot — members from the `PoolCatalog`, capacity from the `CapacityView`, health from the
-`HealthView`, in-flight sends it counts itself — and lets the pure `relay.balancer.select` decide. It does not
+`HealthView`, in-flight sends it counts itself — and lets the pure `relay.balancer` decide. It does not
 reserve: the delivery worker reserves the chosen workspace and, when the reservation is refused, asks again
 with that member excluded.
+
+A decision on a snapshot already taken is cheap: for each (pool, sender) the snapshot and its `Plan`
+(eligibility and the strategy's O(n) preparation) are kept while their inputs stand — the pool's definition,
+the capacity entries (until the first goes stale in the `CapacityView`, or a refused reservation drops one of
+its members for that sender), the health view's version and the earliest moment a blocked member comes back —
+so the next decision is one pick. Sends in flight change between decisions and are passed to the pick live
+(only `least_used` reads them). The first decision in the last fifth of the TTL before an entry goes stale
+starts reading the entries about to go stale in the background (refresh ahead), so under steady traffic no
+decision waits for the counters. Decisions that find no current snapshot while one is being taken wait for that
+one rather than read the counters again each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from random import Random
-from typing import Any
 
 import structlog
 
-from ..balancer import Candidate, RoundRobin, Selection, eligible, select
-from ..balancer.eligibility import BELOW_THRESHOLD
+from ..balancer import Candidate, Plan, RoundRobin
+from ..balancer.eligibility import BELOW_THRESHOLD, eligible
 from ..clock import Clock
-from ..limits import Capacity
 from ..metrics import Metrics
-from ..routing import Member, presented_sender
+from ..routing import presented_sender
 from ..store import SelectionLog
 from .capacity import CapacityView
 from .catalog import PoolCatalog, PoolView
+from .decision import ALREADY_TRIED, RESERVATION_REFUSED, Decision, MemberReport, PoolStatus, Snapshot
 from .health import HealthView
 
 __all__ = ["ALREADY_TRIED", "RESERVATION_REFUSED", "Decision", "LoadBalancer", "MemberReport", "PoolStatus", "Snapshot"]
 
 log = structlog.get_logger(__name__)
 
-ALREADY_TRIED = "already_tried"  # sent to in this delivery pass already
-RESERVATION_REFUSED = "reservation_refused"  # its limits refused this send in this pass (nothing was sent)
+_MAX_PLANS = 512  # (pool, sender) plans kept; past it the stale ones go, then all (many distinct senders)
+_REFRESH_AHEAD = 0.2  # of the capacity TTL: in this last part of a snapshot's life, read it again in the background
 
 
-@dataclass(frozen=True, slots=True)
-class MemberReport:
-    """One member at decision time: its inputs, and its score or why it was excluded."""
+@dataclass(slots=True)
+class _Kept:
+    """One (pool, sender)'s snapshot and plan, valid while `pool` is the catalog's, before `expires` (monotonic),
+    and while the health view's version is the one read; `refused` drops it when a member's reservation fails."""
 
-    workspace_id: str
-    weight: float
-    enabled: bool
-    health: str  # healthy | degraded | throttled | open | half_open | auth_broken
-    blocked_until: datetime | None
-    sender: str  # the sender as this workspace will present it
-    remaining: int
-    limit: int
-    remaining_fraction: float
-    next_capacity_in: float
-    full_reset_in: float
-    in_flight: int
-    score: float | None = None
-    excluded: str | None = None
-    last_error: str | None = None
+    pool: PoolView
+    snapshot: Snapshot
+    plan: Plan
+    position: dict[str, int]  # workspace id -> index in the snapshot's lists
+    expires: float
+    refresh_at: float  # monotonic: from then on a decision starts a fresh read in the background
+    health_version: int
+    relaxed: tuple[Snapshot, Plan] | None = None  # the same with every threshold set aside, once needed
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What one decision saw, member by member (parallel lists); turned into `MemberReport`s only on demand."""
+@dataclass(slots=True)
+class _Taking:
+    """A snapshot being taken: decisions that need it wait on `future` instead of reading the counters again."""
 
-    members: list[Member]
-    senders: list[str]
-    capacities: list[Capacity]
-    candidates: list[Candidate]
-    now: datetime
-    health: HealthView
-    exclude: Collection[str] = ()
-    refused: Collection[str] = ()
-
-    def reports(self, selection: Selection | None) -> tuple[MemberReport, ...]:
-        _, excluded = eligible(self.candidates)
-        scores = selection.scores if selection else {}
-        out = []
-        for m, who, capacity, c in zip(self.members, self.senders, self.capacities, self.candidates, strict=True):
-            ws = m.workspace_id
-            blocked_until = self.health.blocked_until(ws, self.now)
-            health = self.health.health(ws, self.now)
-            out.append(
-                MemberReport(
-                    workspace_id=ws,
-                    weight=m.weight,
-                    enabled=m.enabled,
-                    health=health.state,
-                    last_error=health.last_error,
-                    blocked_until=blocked_until,
-                    sender=who,
-                    remaining=capacity.effective_remaining,
-                    limit=capacity.effective_limit,
-                    remaining_fraction=capacity.remaining_fraction,
-                    next_capacity_in=capacity.next_capacity_in,
-                    full_reset_in=capacity.full_reset_in,
-                    in_flight=c.in_flight,
-                    score=scores.get(ws),
-                    excluded=self.passed_over(ws) or excluded.get(ws),
-                )
-            )
-        return tuple(out)
-
-    def passed_over(self, workspace_id: str) -> str | None:
-        """Why this pass left the member out (tried, or its reservation refused), if it did."""
-        if workspace_id in self.refused:
-            return RESERVATION_REFUSED
-        return ALREADY_TRIED if workspace_id in self.exclude else None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The answer for one message: `workspace_id` is None when no member is available (the pool is exhausted).
-
-    `sent_as` is the sender as the chosen workspace presents it; `capacity_score` its effective remaining fraction
-    (`load_balancing_selections.capacity_score`). Per-member detail (`members`) is built only when asked for:
-    the delivery path needs the evidence, not the reports.
-    """
-
-    pool_id: str
-    strategy: str
-    sender: str
-    workspace_id: str | None
-    score: float
-    selection: Selection | None = None
-    snapshot: Snapshot | None = None
-    sent_as: str = ""
-    capacity_score: float | None = None
-    spilled: bool = False  # every member was under its min_capacity_threshold, so the threshold was ignored
-    elapsed_us: float = 0.0
-
-    @property
-    def members(self) -> tuple[MemberReport, ...]:
-        return self.snapshot.reports(self.selection) if self.snapshot is not None else ()
-
-    def member(self, workspace_id: str) -> MemberReport | None:
-        return next((m for m in self.members if m.workspace_id == workspace_id), None)
-
-    def earliest_capacity_in(self, now: datetime) -> float | None:
-        """Seconds until the first member that is unavailable only for capacity or health may take mail again;
-        None when no member says (all disabled, or all passed over in this pass — the caller knows why)."""
-        waits: list[float] = []
-        for m in self.members:
-            if not m.enabled or m.weight <= 0 or m.excluded in (ALREADY_TRIED, RESERVATION_REFUSED):
-                continue
-            if m.blocked_until is not None:
-                waits.append((m.blocked_until - now).total_seconds())
-            elif m.next_capacity_in > 0:
-                waits.append(m.next_capacity_in)
-            elif m.excluded is None or m.remaining > 0:
-                waits.append(0.0)
-        positive = [w for w in waits if w > 0]
-        if len(positive) < len(waits):
-            return 1.0  # something may take mail now (a refused reservation raced us): look again shortly
-        return min(positive, default=None)
-
-    def evidence(self) -> dict[str, Any]:
-        """What the attempt records about this decision (`delivery_attempts.selection`)."""
-        out: dict[str, Any] = {"pool": self.pool_id, "strategy": self.strategy, "workspace": self.workspace_id}
-        if self.workspace_id is not None:
-            out["score"] = round(self.score, 4)
-            out["capacity"] = round(self.capacity_score or 0.0, 4)
-        selection, snapshot = self.selection, self.snapshot
-        if selection is not None:
-            out["scores"] = {ws: round(v, 4) for ws, v in selection.scores.items()}
-            excluded = dict(selection.excluded)
-        else:
-            out["scores"] = {}
-            excluded = eligible(snapshot.candidates)[1] if snapshot is not None else {}
-        if snapshot is not None:
-            for ws in [*snapshot.exclude, *snapshot.refused]:
-                if ws in excluded:
-                    excluded[ws] = snapshot.passed_over(ws) or excluded[ws]
-        if excluded:
-            out["excluded"] = excluded
-        if self.spilled:
-            out["spilled"] = True
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatus:
-    pool_id: str
-    name: str
-    strategy: str
-    enabled: bool
-    members: tuple[MemberReport, ...]
-    available: int
-    selections: dict[str, int] = field(default_factory=dict)
-    successes: dict[str, int] = field(default_factory=dict)
-    exhausted: int = 0
-    last_exhausted_at: datetime | None = None
-    skipped: tuple[tuple[str, str], ...] = ()
+    pool: PoolView
+    health_version: int
+    future: asyncio.Future[_Kept]
 
 
 class LoadBalancer:
@@ -218,6 +98,9 @@ class LoadBalancer:
         self._succeeded: Counter[tuple[str, str]] = Counter()
         self._exhausted: Counter[str] = Counter()
         self._last_exhausted: dict[str, datetime] = {}
+        self._kept: dict[tuple[str, str], _Kept] = {}
+        self._taking: dict[tuple[str, str], _Taking] = {}  # snapshots being taken, for others to wait on
+        self._background: set[asyncio.Task[_Kept]] = set()
         self.selection_failures = 0
 
     @property
@@ -258,41 +141,54 @@ class LoadBalancer:
         reservation was refused (`refused`) in this delivery pass. With `simulation` (from `simulation()`), a dry
         run: it takes its round-robin state from there and is left out of the decision-time metric."""
         started = time.perf_counter()
-        observe = simulation is None
         pool = self._catalog.get(pool_id)
         if pool is None:
             return Decision(pool_id, "", sender, None, 0.0)
-        snapshot = await self._snapshot(pool, sender, exclude, refused)
-        candidates = snapshot.candidates
+        kept = self._kept.get((pool.id, sender))
+        monotonic = self._clock.monotonic()
+        if (
+            kept is None
+            or kept.pool is not pool
+            or monotonic >= kept.expires
+            or kept.health_version != self._health.version
+        ):
+            kept = await self._keep(pool, sender)
+        elif monotonic >= kept.refresh_at:
+            self._refresh_ahead(pool, sender)
+        snapshot, plan = kept.snapshot, kept.plan
+        if exclude or refused:
+            snapshot, plan = _passing_over(snapshot, pool, exclude, refused)
         states = self._round_robin if simulation is None else simulation
         state = states.setdefault(pool.id, RoundRobin()) if pool.strategy == "round_robin" else None
-        selection = select(pool.strategy, candidates, self._rng, state)
+        selection = plan.pick(self._rng, state, self._in_flight)
         spilled = False
+        if selection is None and not plan.kept and BELOW_THRESHOLD in plan.excluded.values():
+            # Every member with capacity is under its threshold: use what is left rather than call the pool
+            # exhausted with capacity unused (the threshold orders members, it does not strand quota).
+            if exclude or refused:
+                snapshot, plan = _relaxed(snapshot, pool)
+            else:
+                if kept.relaxed is None:
+                    kept.relaxed = _relaxed(snapshot, pool)
+                snapshot, plan = kept.relaxed
+            selection = plan.pick(self._rng, state, self._in_flight)
+            spilled = selection is not None
+        elapsed_us = self._elapsed_us(pool.id, started, simulation is None)
         if selection is None:
-            kept, excluded = eligible(candidates)
-            if not kept and BELOW_THRESHOLD in excluded.values():
-                # Every member with capacity is under its threshold: use what is left rather than call the pool
-                # exhausted with capacity unused (the threshold orders members, it does not strand quota).
-                relaxed = [replace(c, min_capacity_threshold=0.0) for c in candidates]
-                snapshot = replace(snapshot, candidates=relaxed)
-                selection = select(pool.strategy, relaxed, self._rng, state)
-                spilled = selection is not None
-        if selection is None:
-            elapsed_us = self._elapsed_us(pool.id, started, observe)
             return Decision(pool.id, pool.strategy, sender, None, 0.0, None, snapshot, sender, None, False, elapsed_us)
-        index = next(i for i, m in enumerate(snapshot.members) if m.workspace_id == selection.workspace_id)
+        index = kept.position[selection.workspace_id]
         return Decision(
-            pool_id=pool.id,
-            strategy=pool.strategy,
-            sender=sender,
-            workspace_id=selection.workspace_id,
-            score=selection.score,
-            selection=selection,
-            snapshot=snapshot,
-            sent_as=snapshot.senders[index],
-            capacity_score=snapshot.capacities[index].remaining_fraction,
-            spilled=spilled,
-            elapsed_us=self._elapsed_us(pool.id, started, observe),
+            pool.id,
+            pool.strategy,
+            sender,
+            selection.workspace_id,
+            selection.score,
+            selection,
+            snapshot,
+            snapshot.senders[index],
+            snapshot.capacities[index].remaining_fraction,
+            spilled,
+            elapsed_us,
         )
 
     def _elapsed_us(self, pool_id: str, started: float, observe: bool) -> float:
@@ -302,6 +198,82 @@ class LoadBalancer:
             self.metrics.selection_time(pool_id, elapsed)
         return elapsed * 1e6
 
+    def _refresh_ahead(self, pool: PoolView, sender: str) -> None:
+        if (pool.id, sender) in self._taking:
+            return
+        ahead = self._capacity.ttl * _REFRESH_AHEAD
+        # An empty context: the refresh serves every later message, so it must not log under this one's ids.
+        task = asyncio.create_task(
+            self._keep(pool, sender, within=ahead), name=f"pool-refresh-{pool.id}", context=contextvars.Context()
+        )
+        self._background.add(task)
+        task.add_done_callback(self._refreshed)
+
+    async def close(self) -> None:
+        """Cancel the snapshot refreshes still running (at shutdown, before the backends they read close)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _refreshed(self, task: asyncio.Task[_Kept]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the next decision past the TTL reads in line
+            log.warning("load_balancing.refresh_failed", error=type(task.exception()).__name__)
+
+    async def _keep(self, pool: PoolView, sender: str, *, within: float = 0.0) -> _Kept:
+        """Take a snapshot of `pool` for `sender` and keep it with its plan — or wait for the one being taken, if
+        it was started on the same pool definition and health version. (The version is read before the awaits:
+        a change while the snapshot is taken makes it stale at once.)"""
+        key = (pool.id, sender)
+        version = self._health.version
+        taking = self._taking.get(key)
+        if taking is not None and taking.pool is pool and taking.health_version == version:
+            try:
+                return await asyncio.shield(taking.future)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this caller was cancelled
+                # The taker was cancelled (a dry run whose request ended, say), not this caller: take it anew.
+                return await self._keep(pool, sender, within=within)
+        taking = self._taking[key] = _Taking(pool, version, asyncio.get_running_loop().create_future())
+        try:
+            snapshot, read_until, back_at = await self._snapshot(pool, sender, (), within=within)
+            ahead = self._capacity.ttl * _REFRESH_AHEAD
+            kept = _Kept(
+                pool,
+                snapshot,
+                Plan(pool.strategy, snapshot.candidates),
+                {m.workspace_id: i for i, m in enumerate(snapshot.members)},
+                min(read_until, back_at),
+                read_until - ahead if ahead > 0 else float("inf"),
+                version,
+            )
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                taking.future.set_exception(exc)
+                taking.future.exception()  # whoever waits gets it; nobody waiting is no error of its own
+            else:
+                taking.future.cancel()
+            raise
+        finally:
+            current = self._taking.get(key) is taking
+            if current:
+                del self._taking[key]
+        taking.future.set_result(kept)
+        if current:  # not dropped by a refused reservation meanwhile
+            self._install(key, kept)
+        return kept
+
+    def _install(self, key: tuple[str, str], kept: _Kept) -> None:
+        plans = self._kept
+        if len(plans) >= _MAX_PLANS:
+            now = self._clock.monotonic()
+            plans = self._kept = {k: v for k, v in plans.items() if v.expires > now}
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+        plans[key] = kept
+
     async def _snapshot(
         self,
         pool: PoolView,
@@ -310,34 +282,44 @@ class LoadBalancer:
         refused: Collection[str] = (),
         *,
         fresh: bool = False,
-    ) -> Snapshot:
+        within: float = 0.0,
+    ) -> tuple[Snapshot, float, float]:
+        """The snapshot, and two monotonic times until which it stands: the oldest capacity entry's expiry, and
+        the moment the first blocked member may take mail again (infinity when none is blocked)."""
         rewriting = self._catalog.rewriting
         members = list(pool.members)
         senders = [self.presented(m.workspace_id, sender) if m.workspace_id in rewriting else sender for m in members]
         pairs = [(m.workspace_id, who) for m, who in zip(members, senders, strict=True)]
-        found = await self._capacity.read(pairs, fresh=fresh)
+        found, read_until = await self._capacity.read_until(pairs, fresh=fresh, within=within)
         capacities = [found[pair] for pair in pairs]
-        now = self._clock.now()
+        now, monotonic = self._clock.now(), self._clock.monotonic()
         blocked = self._health.blocked_until
         in_flight = self._in_flight
-        candidates = [
-            Candidate(
-                m.workspace_id,
-                m.weight,
-                capacity.remaining_fraction,
-                capacity.next_capacity_in,
-                capacity.utilisation,
-                in_flight.get(m.workspace_id, 0),
-                blocked(m.workspace_id, now) is None,
-                m.min_capacity_threshold,
-                capacity.full_reset_in,
-                capacity.effective_limit,
-                m.enabled and m.workspace_id not in exclude and m.workspace_id not in refused,
-                True,
+        candidates = []
+        back_at = float("inf")
+        for m, capacity in zip(members, capacities, strict=True):
+            ws = m.workspace_id
+            until = blocked(ws, now)
+            if until is not None:
+                back_at = min(back_at, monotonic + (until - now).total_seconds())
+            candidates.append(
+                Candidate(
+                    ws,
+                    m.weight,
+                    capacity.remaining_fraction,
+                    capacity.next_capacity_in,
+                    capacity.utilisation,
+                    in_flight.get(ws, 0),
+                    until is None,
+                    m.min_capacity_threshold,
+                    capacity.full_reset_in,
+                    capacity.effective_limit,
+                    m.enabled and ws not in exclude and ws not in refused,
+                    True,
+                )
             )
-            for m, capacity in zip(members, capacities, strict=True)
-        ]
-        return Snapshot(members, senders, capacities, candidates, now, self._health, exclude, refused)
+        snapshot = Snapshot(members, senders, capacities, candidates, now, self._health, exclude, refused)
+        return snapshot, read_until, back_at
 
     def placed(self, decision: Decision) -> int | None:
         """The chosen workspace took the reservation and the send starts: count it in flight and log the decision.
@@ -356,16 +338,27 @@ class LoadBalancer:
         )
 
     def refused(self, decision: Decision) -> None:
-        """The chosen workspace's reservation was refused: the next snapshot must read its counters again."""
-        if decision.workspace_id is not None:
-            self._capacity.forget(decision.workspace_id, decision.sent_as)
+        """The chosen workspace's reservation was refused: the next snapshot must read its counters again, so
+        every kept snapshot of this sender that has the workspace goes."""
+        workspace_id = decision.workspace_id
+        if workspace_id is None:
+            return
+        self._capacity.forget(workspace_id, decision.sent_as)
+        for key in [k for k, kept in self._kept.items() if k[1] == decision.sender and workspace_id in kept.position]:
+            del self._kept[key]
+        for key, taking in list(self._taking.items()):  # read before this refusal: let it finish, not be kept
+            if key[1] == decision.sender and any(m.workspace_id == workspace_id for m in taking.pool.members):
+                del self._taking[key]
 
     def record_selection(
         self, workspace_id: str, success: bool, *, pool_id: str | None = None, handle: int | None = None
     ) -> None:
         """The PRD's RecordSelection: the send chosen by `placed` is over; `success` is whether it was sent."""
-        if self._in_flight[workspace_id] > 0:
-            self._in_flight[workspace_id] -= 1
+        count = self._in_flight.get(workspace_id, 0)
+        if count > 1:
+            self._in_flight[workspace_id] = count - 1
+        else:  # gone rather than 0: `least_used` walks the workspaces with sends under way
+            self._in_flight.pop(workspace_id, None)
         if success and pool_id is not None:
             self._succeeded[(pool_id, workspace_id)] += 1
         if handle is not None and self._selections is not None:
@@ -396,7 +389,7 @@ class LoadBalancer:
         if pool is None:
             return None
         who = sender or "(any sender)"
-        snapshot = await self._snapshot(pool, who, (), fresh=True)  # a status is read rarely: the counters now
+        snapshot, _, _ = await self._snapshot(pool, who, (), fresh=True)  # a status is read rarely: the counters now
         kept, excluded = eligible(snapshot.candidates)
         # A member only under its capacity threshold still takes mail (the pool spills to it when no other can).
         spill = sum(1 for reason in excluded.values() if reason == BELOW_THRESHOLD)
@@ -413,3 +406,21 @@ class LoadBalancer:
             last_exhausted_at=self._last_exhausted.get(pool.id),
             skipped=pool.skipped,
         )
+
+
+def _passing_over(
+    snapshot: Snapshot, pool: PoolView, exclude: Collection[str], refused: Collection[str]
+) -> tuple[Snapshot, Plan]:
+    """`snapshot` with the members tried or refused in this delivery pass taken out, and its plan."""
+    candidates = [
+        replace(c, enabled=False) if c.workspace_id in exclude or c.workspace_id in refused else c
+        for c in snapshot.candidates
+    ]
+    passed = replace(snapshot, candidates=candidates, exclude=exclude, refused=refused)
+    return passed, Plan(pool.strategy, candidates)
+
+
+def _relaxed(snapshot: Snapshot, pool: PoolView) -> tuple[Snapshot, Plan]:
+    """`snapshot` with every member's capacity threshold set aside, and its plan."""
+    relaxed = [replace(c, min_capacity_threshold=0.0) for c in snapshot.candidates]
+    return replace(snapshot, candidates=relaxed), Plan(pool.strategy, relaxed)

@@ -39,6 +39,7 @@ from ..clock import Clock, SystemClock
 from ..config import GmailSettings
 from ..errors import ProviderError
 from ..mime import header_values, remove_fields
+from .tls import tls_context
 from .types import Health, OutboundMessage, Outcome, OutcomeKind
 
 __all__ = ["GMAIL_SEND_SCOPE", "MAX_UPLOAD_BYTES", "GmailProvider"]
@@ -100,7 +101,7 @@ class GmailProvider:
         self._key = _load_key(workspace_id, settings)
         self._send_url = str(settings.base_url).rstrip("/") + "/upload/gmail/v1/users/me/messages/send"
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), verify=tls_context())
         self._clock = clock or SystemClock()
         self._tokens: dict[str | None, _Token] = {}
         self._minting: dict[str | None, asyncio.Lock] = {}  # one token request per subject at a time

@@ -20,6 +20,7 @@ import httpx
 from ..clock import Clock, SystemClock
 from ..config import MailgunSettings, Workspace
 from ..errors import ProviderError
+from .tls import tls_context
 from .types import Health, OutboundMessage, Outcome, OutcomeKind
 
 __all__ = [
@@ -85,7 +86,7 @@ class MailgunProvider:
         self._clock = clock or SystemClock()
         self._owns_client = client is None
         # Uploads of up to 25 MB: a generous write timeout; the delivery worker bounds the whole send anyway.
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=15.0))
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=15.0), verify=tls_context())
         self._options = _options(settings)
         size = sum(len(name.encode()) + len(value.encode()) for name, value in self._options)
         if size > MAX_OPTIONS_BYTES:
@@ -126,6 +127,10 @@ class MailgunProvider:
             # A domain sending key may send but not read its domain: the API answered and knew the key, which is
             # all a health check can learn without sending. Not proof of broken credentials.
             return Health(True, f"domain {self.domain}: the key may not read the domain (a sending key?); reachable")
+        if response.status_code == 429:
+            # Rate limited: the API answered and took the key. Sends meet the same limit as a quota (the workspace
+            # pauses for its Retry-After); counting it as a failure too opened the breaker during a 429 storm.
+            return Health(True, f"domain {self.domain}: rate limited (HTTP 429); reachable")
         if response.status_code != 200:
             hint = {
                 401: "the API key was refused",

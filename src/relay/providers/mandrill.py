@@ -43,6 +43,7 @@ from ..clock import Clock, SystemClock
 from ..config import MandrillSettings
 from ..errors import ProviderError
 from ..mime import rewrite_headers
+from .tls import tls_context
 from .types import Health, OutboundMessage, Outcome, OutcomeKind
 
 __all__ = ["MandrillProvider", "instruction_headers", "recipient_outcome"]
@@ -153,6 +154,7 @@ class MandrillProvider:
             timeout=httpx.Timeout(90.0, connect=10.0),
             limits=httpx.Limits(max_connections=self.concurrency),
             headers={"User-Agent": "relay"},
+            verify=tls_context(),
         )
 
     async def send(self, message: OutboundMessage) -> Outcome:

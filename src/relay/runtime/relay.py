@@ -218,8 +218,11 @@ class Relay:
             rng=self.rng,
             metrics=self.metrics,
         )
-        self.ingest.on_commit(self.worker.notify)
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
+        if s.delivery.enabled:
+            self.ingest.on_commit(self.worker.notify)
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="relay-delivery"))
+        else:
+            log.warning("delivery.disabled", reason="delivery.enabled is false: mail is accepted and queued only")
         smtp_settings = await self._fit_message_size(s.smtp)
         await self.suppressions.refresh(full=True)  # suppression list: known before the first RCPT (issue 8)
         self._tasks.append(asyncio.create_task(self.suppressions.run(), name="relay-suppressions"))
@@ -428,6 +431,7 @@ class Relay:
                 task.cancel()
         self.checker.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.balancer.close()
         with contextlib.suppress(Exception):
             await self.selections.stop()  # the decisions still buffered
         with contextlib.suppress(Exception):

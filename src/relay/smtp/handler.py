@@ -9,8 +9,9 @@ import structlog
 
 from ..clock import Clock
 from ..errors import StoreError
+from ..logs import log_context
 from ..metrics import Metrics
-from ..mime import extract_metadata
+from ..mime import bare_cr_in_header, extract_metadata
 from ..routing import Router, sender_domain
 from ..store import Ingest, NewMessage, Suppression, new_message_id
 from .auth import NetworkPolicy
@@ -18,6 +19,20 @@ from .auth import NetworkPolicy
 __all__ = ["RelayHandler"]
 
 log = structlog.get_logger(__name__)
+
+# RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its angle brackets.
+MAX_ADDRESS_LENGTH = 254
+
+
+def _address_problem(address: str) -> str | None:
+    """Why `address` can never be relayed, or None. aiosmtpd's parser keeps a CR or a NUL inside a local part: an
+    SMTP provider cannot put it on its command line (so the message would be retried until it expired), and
+    PostgreSQL cannot store a NUL; a path over the limit does not fit `messages.mail_from` either."""
+    if len(address) > MAX_ADDRESS_LENGTH:
+        return "path too long"
+    if not address.isprintable():
+        return "control character in the address"
+    return None
 
 
 class RelayHandler:
@@ -51,6 +66,8 @@ class RelayHandler:
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if not session.authenticated and not self._networks.allows(session.peer):
             return "530 5.7.0 Authentication required"
+        if (problem := _address_problem(address)) is not None:
+            return f"501 5.1.7 Bad sender address syntax: {problem}"
         if not self.router.serves(address):
             domain = sender_domain(address)
             what = f'sender domain "{domain}" is not served by this relay' if domain else "a sender address is required"
@@ -63,6 +80,8 @@ class RelayHandler:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self._max_recipients} per message)"
+        if (problem := _address_problem(address)) is not None:
+            return f"501 5.1.3 Bad recipient address syntax: {problem}"
         if "@" not in address:
             return "550 5.1.3 Recipient address must include a domain"
         listed = self._suppressed(address)
@@ -76,9 +95,11 @@ class RelayHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if bare_cr_in_header(envelope.original_content):  # see relay.mime.bare_cr_in_header: a field smuggled past
+            return "554 5.6.0 Bare CR in the message header; header lines must end with CRLF"
         message_id = new_message_id()
         # Every line logged while this message is stored (the store's own included) names it.
-        with structlog.contextvars.bound_contextvars(message_id=message_id):
+        with log_context(message_id=message_id):
             try:
                 reply = await self._enqueue(message_id, session, envelope)
             except Exception:  # whatever went wrong, the client keeps the message and retries: never a 5xx

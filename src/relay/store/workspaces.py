@@ -37,6 +37,24 @@ class WorkspaceStates:
             for row in rows
         }
 
+    async def troubled(self) -> dict[str, WorkspaceState]:
+        """The workspaces not `active` (broken, paused): what the health view polls every half second, so it reads
+        those rows' state columns alone, not every workspace's definition."""
+        columns = (workspaces.c.id, workspaces.c.state, workspaces.c.state_reason, workspaces.c.state_changed_at)
+        query = sa.select(*columns, workspaces.c.recheck_at).where(workspaces.c.state != "active")
+        async with self._db.read() as connection:
+            rows = (await connection.execute(query)).all()
+        return {
+            row.id: WorkspaceState(
+                id=row.id,
+                state=row.state,
+                reason=row.state_reason,
+                changed_at=from_db(row.state_changed_at),
+                recheck_at=from_db(row.recheck_at) if row.recheck_at else None,
+            )
+            for row in rows
+        }
+
     async def mark_broken(self, workspace_id: str, reason: str, recheck_at: datetime) -> None:
         await self._set(workspace_id, state="broken", state_reason=reason[:2000], recheck_at=to_db(recheck_at))
 
