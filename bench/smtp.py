@@ -330,9 +330,10 @@ aiosmtplib (a seventh); routing, limits, health and logging take the rest. The w
 removed in this round: aiosmtpd's per-connection introspection (11 % of the CPU), its address parser run on every
 MAIL and RCPT (13 %), a transaction and a freshly built statement per delivery outcome (15 %: outcomes now group-
 commit like new mail), structlog's save of the whole context per bound value (7 %), and a failed import on every
-HTTP provider call (httpcore looked for sniffio, 17 % of an HTTP send). CPU per relayed message went from 2.8 to
-1.8 ms on the same machine. What remains is the libraries' own cost per message. Going past Postfix needs the
-second core: several SMTP processes sharing the port (SO_REUSEPORT) and the database. `delivery.enabled: false`
+HTTP provider call (httpcore looked for sniffio, 17 % of an HTTP send). The Relay process's CPU per relayed message
+went from 2.8 to 1.8 ms (SQLite, sandbox provider, under the profiler); per message Relay now spends about what
+Postfix does (the CPU rows above), so the gap in rate is the second core Postfix uses. Going past Postfix needs
+it: several SMTP processes sharing the port (SO_REUSEPORT) and the database. `delivery.enabled: false`
 (an ingress-only process, added here) is the first piece of that; the processes' supervision, metrics and limits
 are not built yet."""
 

@@ -46,7 +46,7 @@ from tests.support.sink import SmtpSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
-TOTAL = report.scale(600, 5_000)
+TOTAL = report.scale(400, 5_000)
 SCALE = report.scale(1, 5)  # the limits grow with the load, staying a small share of it
 SESSIONS = 16
 SENDERS = [f"user{n}@limits.test" for n in range(10)]

@@ -50,9 +50,9 @@ from tests.support.sink import Received, SmtpSink
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 SEED = 20240607
-KILLS = report.scale(6, 20)
-SMTP_TOTAL = report.scale(800, 6_000)
-HTTP_TOTAL = report.scale(200, 2_000)
+KILLS = report.scale(4, 20)
+SMTP_TOTAL = report.scale(500, 6_000)
+HTTP_TOTAL = report.scale(120, 2_000)
 SMTP_SESSIONS = 8
 HTTP_CLIENTS = 4
 MAX_TRIES = 20  # per message; one refused this often is given up (and not counted as accepted)
