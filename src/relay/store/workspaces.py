@@ -26,16 +26,7 @@ class WorkspaceStates:
     async def all(self) -> dict[str, WorkspaceState]:
         async with self._db.read() as connection:
             rows = (await connection.execute(sa.select(workspaces))).all()
-        return {
-            row.id: WorkspaceState(
-                id=row.id,
-                state=row.state,
-                reason=row.state_reason,
-                changed_at=from_db(row.state_changed_at),
-                recheck_at=from_db(row.recheck_at) if row.recheck_at else None,
-            )
-            for row in rows
-        }
+        return {row.id: _state(row) for row in rows}
 
     async def troubled(self) -> dict[str, WorkspaceState]:
         """The workspaces not `active` (broken, paused): what the health view polls every half second, so it reads
@@ -44,16 +35,7 @@ class WorkspaceStates:
         query = sa.select(*columns, workspaces.c.recheck_at).where(workspaces.c.state != "active")
         async with self._db.read() as connection:
             rows = (await connection.execute(query)).all()
-        return {
-            row.id: WorkspaceState(
-                id=row.id,
-                state=row.state,
-                reason=row.state_reason,
-                changed_at=from_db(row.state_changed_at),
-                recheck_at=from_db(row.recheck_at) if row.recheck_at else None,
-            )
-            for row in rows
-        }
+        return {row.id: _state(row) for row in rows}
 
     async def mark_broken(self, workspace_id: str, reason: str, recheck_at: datetime) -> None:
         await self._set(workspace_id, state="broken", state_reason=reason[:2000], recheck_at=to_db(recheck_at))
@@ -103,4 +85,14 @@ def _changed(workspace_id: str, previous: str, values: dict[str, Any], at: datet
             "reason": values.get("state_reason"),
             "until": timestamp(from_db(recheck)) if recheck is not None else None,
         },
+    )
+
+
+def _state(row: Any) -> WorkspaceState:
+    return WorkspaceState(
+        id=row.id,
+        state=row.state,
+        reason=row.state_reason,
+        changed_at=from_db(row.state_changed_at),
+        recheck_at=from_db(row.recheck_at) if row.recheck_at else None,
     )
