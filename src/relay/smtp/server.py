@@ -189,7 +189,6 @@ class ProtocolFactory:
             )
             for name, entry in self._methods("_auth_methods")
         }
-        protocol.command_size_limits.clear()  # as SMTP.__init__ does (aiosmtpd keeps one dict for the class)
         return protocol
 
     def _methods(self, table: str) -> Any:
